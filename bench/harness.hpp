@@ -1,0 +1,65 @@
+// The benchmark harness: a registry of layer cases, each of which can be prepared at an FFN shape
+// and run. Every case reports speedup_vs_dense against the dense FFN of the same shape, measured in
+// the same process, and its max error against the float64 reference.
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ffnkit/core.hpp"
+
+namespace ffnkit {
+namespace bench {
+
+struct Shape {
+  index_t d_model = 768;
+  index_t d_ff = 3072;
+  index_t tokens = 1;
+  std::string label() const;  // "d=768/ff=3072/tokens=1"
+};
+
+// One prepared layer plus its input and output at one shape.
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  virtual void run() = 0;            // one forward pass: the timed work
+  virtual double flops() const = 0;  // useful floating-point operations of one run
+  virtual double bytes() const = 0;  // compulsory memory traffic of one run (see docs)
+  // Max relative error (reference::compare's max_rel) of run()'s output against the float64
+  // oracle, on a sample of tokens; NaN when the case has no FFN semantics (a bare GEMM).
+  virtual double max_rel_error() = 0;
+};
+
+struct LayerCase {
+  std::string name;
+  std::string description;
+  std::function<std::unique_ptr<Runner>(const Shape&)> make;
+};
+
+// Cases register themselves at static-initialization time, the dense baseline first.
+std::vector<LayerCase>& registry();
+struct RegisterCase {
+  explicit RegisterCase(LayerCase c);
+};
+
+// Name of the baseline every speedup is against.
+constexpr const char* kDenseCase = "dense_ffn";
+
+// Median seconds per run of the dense FFN at `shape`: from the dense case's own repetitions in
+// this process when it ran, otherwise measured here on the spot.
+double dense_seconds(const Shape& shape);
+void record_dense_seconds(const Shape& shape, double seconds);
+
+// The body of every registered benchmark.
+void run_case(benchmark::State& state, const LayerCase& layer, const Shape& shape);
+
+// Tokens sampled for the error column: the first few and the last (the oracle is O(d d_ff) per
+// token in double, too slow for 2048 tokens in a table).
+std::vector<index_t> sampled_tokens(index_t tokens);
+
+}  // namespace bench
+}  // namespace ffnkit

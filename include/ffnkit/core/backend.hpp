@@ -1,0 +1,20 @@
+// Backend tags. A layer is templated on scalar and backend: DenseLinear<float, Cpu>.
+#pragma once
+
+namespace ffnkit {
+
+// Eigen on the host, OpenMP threads.
+struct Cpu {
+  static constexpr const char* name() { return "Cpu"; }
+};
+// The CUDA kernel sources compiled by the host compiler and run by ffnkit's thread-block
+// emulator (SPEC §3, tier 2). Needs no GPU.
+struct CudaEmu {
+  static constexpr const char* name() { return "CudaEmu"; }
+};
+// The real CUDA device (SPEC §3, tier 3).
+struct Cuda {
+  static constexpr const char* name() { return "Cuda"; }
+};
+
+}  // namespace ffnkit

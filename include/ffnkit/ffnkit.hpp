@@ -1,0 +1,5 @@
+// Umbrella header: every layer family ffnkit provides.
+#pragma once
+
+#include "ffnkit/core.hpp"
+#include "ffnkit/dense.hpp"

@@ -1,0 +1,5 @@
+// The double-precision oracles (tests and verification only).
+#pragma once
+
+#include "ffnkit/reference/compare.hpp"
+#include "ffnkit/reference/dense.hpp"
