@@ -44,7 +44,7 @@ class DenseRunner : public Runner {
   std::vector<float> x_, y_, ws_;
 };
 
-const RegisterCase dense_case{{kDenseCase, "dense FFN (Eigen, the baseline)",
+const RegisterCase dense_case{{kDenseCaseName, "dense FFN (Eigen, the baseline)",
                                [](const Shape& s) { return std::make_unique<DenseRunner>(s); }}};
 
 #ifdef FFNKIT_WITH_OPENBLAS

@@ -15,6 +15,9 @@
 namespace ffnkit {
 namespace bench {
 
+// Name of the CPU baseline every host speedup is against.
+constexpr const char* kDenseCaseName = "dense_ffn";
+
 struct Shape {
   index_t d_model = 768;
   index_t d_ff = 3072;
@@ -32,27 +35,31 @@ class Runner {
   // Max relative error (reference::compare's max_rel) of run()'s output against the float64
   // oracle, on a sample of tokens; NaN when the case has no FFN semantics (a bare GEMM).
   virtual double max_rel_error() = 0;
+  // Device cases time themselves (cudaEvents around run()) and return seconds; host cases are
+  // timed by the harness's clock.
+  virtual bool device_timed() const { return false; }
+  virtual double run_device_timed() { return 0.0; }
 };
 
 struct LayerCase {
   std::string name;
   std::string description;
   std::function<std::unique_ptr<Runner>(const Shape&)> make;
+  // The case speedup_vs_dense is measured against: the dense FFN of the same backend and dtype.
+  std::string baseline = kDenseCaseName;
+  bool device_timed = false;  // registered with UseManualTime
 };
 
-// Cases register themselves at static-initialization time, the dense baseline first.
+// Cases register themselves at static-initialization time; baselines run first for each shape.
 std::vector<LayerCase>& registry();
 struct RegisterCase {
   explicit RegisterCase(LayerCase c);
 };
 
-// Name of the baseline every speedup is against.
-constexpr const char* kDenseCase = "dense_ffn";
-
-// Median seconds per run of the dense FFN at `shape`: from the dense case's own repetitions in
-// this process when it ran, otherwise measured here on the spot.
-double dense_seconds(const Shape& shape);
-void record_dense_seconds(const Shape& shape, double seconds);
+// Median seconds per run of `baseline` at `shape`: from that case's own repetitions in this
+// process when it ran, otherwise measured here on the spot.
+double baseline_seconds(const std::string& baseline, const Shape& shape);
+void record_seconds(const std::string& name, const Shape& shape, double seconds);
 
 // The body of every registered benchmark.
 void run_case(benchmark::State& state, const LayerCase& layer, const Shape& shape);

@@ -115,7 +115,8 @@ class TableReporter : public benchmark::BenchmarkReporter {
       std::printf("%-44s %10.3f %9.1f %8.2fx %s\n", name.c_str(), r.ms, r.gflops, r.speedup, err);
     }
     std::printf(
-        "\nvs dense = dense FFN time / case time, same shape, same run (> 1 is faster).\n"
+        "\nvs dense = dense FFN time / case time, same shape, same backend, same run (> 1 is "
+        "faster).\n"
         "max rel err = max |y - y64| / max(|y64|, rms(y64)) against the float64 reference,\n"
         "on the first 8 tokens and the last.\n");
   }

@@ -17,3 +17,6 @@ class DenseFFN;
 }  // namespace ffnkit
 
 #include "ffnkit/cpu/dense.hpp"
+#if defined(FFNKIT_WITH_CUDA) || defined(FFNKIT_WITH_CUDA_EMU)
+#include "ffnkit/cuda/dense.hpp"
+#endif

@@ -10,6 +10,7 @@
 #include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/epilogue.hpp"
 #include "ffnkit/cpu/gemm.hpp"
+#include "ffnkit/detail/ffn_checks.hpp"
 
 namespace ffnkit {
 
@@ -57,6 +58,11 @@ class DenseLinear<T, Cpu> {
   bool has_bias() const { return bias_.size() != 0; }
   const T* weight() const { return weight_.data(); }
   const T* bias() const { return has_bias() ? bias_.data() : nullptr; }
+  // Copies in PyTorch layout; the same call works on every backend.
+  std::vector<T> weight_host() const { return std::vector<T>(weight(), weight() + in_ * out_); }
+  std::vector<T> bias_host() const {
+    return has_bias() ? std::vector<T>(bias(), bias() + out_) : std::vector<T>();
+  }
   index_t parameter_count() const { return in_ * out_ + (has_bias() ? out_ : 0); }
   double flops_per_token() const { return 2.0 * static_cast<double>(in_) * out_; }
 
@@ -76,8 +82,10 @@ class DenseLinear<T, Cpu> {
     cpu::linear<T>(x, weight(), out_, nullptr, y);
   }
 
+  // A default-constructed or moved-from layer has no weights.
   void check_ready(const char* where) const {
-    if (in_ == 0) fail(where, "the layer is empty (default-constructed)");
+    if (in_ == 0 || weight_.size() == 0)
+      fail(where, "the layer is empty (default-constructed or moved from)");
   }
 
  private:
@@ -99,28 +107,14 @@ class DenseFFN<T, Cpu> {
   // y = down(act(up(x))): up: d_model -> d_ff, down: d_ff -> d_out.
   DenseFFN(Linear up, Linear down, Activation act = Activation::kGeluTanh)
       : up_(std::move(up)), down_(std::move(down)), act_(act) {
-    up_.check_ready("DenseFFN: up");
-    down_.check_ready("DenseFFN: down");
-    check_equal("DenseFFN", "down.in_features", down_.in_features(), "up.out_features",
-                up_.out_features());
+    detail::check_ffn_pieces(up_, down_);
     d_ff_ = up_.out_features();
   }
 
   // SwiGLU: y = down(SiLU(gate(x)) * up(x)). Gate and up are stored as one [2 d_ff x d_model]
   // weight so a single GEMM produces both halves.
   static DenseFFN swiglu(const Linear& gate, const Linear& up, Linear down) {
-    constexpr const char* where = "DenseFFN::swiglu";
-    gate.check_ready("DenseFFN::swiglu: gate");
-    up.check_ready("DenseFFN::swiglu: up");
-    down.check_ready("DenseFFN::swiglu: down");
-    check_equal(where, "up.in_features", up.in_features(), "gate.in_features", gate.in_features());
-    check_equal(where, "up.out_features", up.out_features(), "gate.out_features",
-                gate.out_features());
-    check_equal(where, "down.in_features", down.in_features(), "gate.out_features",
-                gate.out_features());
-    if (gate.has_bias() != up.has_bias())
-      fail(where, "gate.has_bias = ", gate.has_bias(), " but up.has_bias = ", up.has_bias(),
-           "; both or neither must have a bias");
+    detail::check_swiglu_pieces(gate, up, down);
     const index_t f = gate.out_features(), d = gate.in_features();
     cpu::RowMatrix<T> w(2 * f, d);
     w.topRows(f) = Eigen::Map<const cpu::RowMatrix<T>>(gate.weight(), f, d);
@@ -177,24 +171,12 @@ class DenseFFN<T, Cpu> {
   void forward(const MatrixView<const T>& x, const MatrixView<T>& y,
                Workspace workspace = {}) const {
     constexpr const char* where = "DenseFFN::forward";
-    up_.check_ready(where);
-    check_activation(where, "x", x, d_model(), "d_model");
-    check_activation(where, "y", y, d_out(), "d_out");
-    check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, y);
     const std::size_t need = workspace_size(x.rows);
+    T* hidden = detail::check_ffn_forward(where, up_, down_, x, y, workspace, need);
     std::unique_ptr<T[]> owned;
-    T* hidden = nullptr;
-    if (workspace.data == nullptr) {
+    if (hidden == nullptr) {
       owned.reset(new T[need / sizeof(T)]);
       hidden = owned.get();
-    } else {
-      if (workspace.bytes < need)
-        fail(where, "workspace.bytes = ", workspace.bytes, ", need workspace_size(", x.rows,
-             ") = ", need);
-      if (reinterpret_cast<std::uintptr_t>(workspace.data) % alignof(T) != 0)
-        fail(where, "workspace.data is not aligned to ", alignof(T), " bytes");
-      hidden = static_cast<T*>(workspace.data);
     }
     const MatrixView<T> h(hidden, x.rows, up_.out_features());
     up_.forward_no_bias(x, h);
