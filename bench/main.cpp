@@ -98,12 +98,12 @@ class TableReporter : public benchmark::BenchmarkReporter {
     }
   }
   void Finalize() override {
-    std::printf("%-44s %10s %9s %9s %12s\n", "case/shape", "time ms", "GFLOP/s", "vs dense",
+    std::printf("%-48s %10s %9s %9s %12s\n", "case/shape", "time ms", "GFLOP/s", "vs dense",
                 "max rel err");
     for (const auto& name : order_) {
       const Row& r = rows_[name];
       if (!r.error.empty()) {
-        std::printf("%-44s  skipped: %s\n", name.c_str(), r.error.c_str());
+        std::printf("%-48s  skipped: %s\n", name.c_str(), r.error.c_str());
         continue;
       }
       char err[32];
@@ -112,7 +112,7 @@ class TableReporter : public benchmark::BenchmarkReporter {
       } else {
         std::snprintf(err, sizeof err, "%12.2e", r.err);
       }
-      std::printf("%-44s %10.3f %9.1f %8.2fx %s\n", name.c_str(), r.ms, r.gflops, r.speedup, err);
+      std::printf("%-48s %10.3f %9.1f %8.2fx %s\n", name.c_str(), r.ms, r.gflops, r.speedup, err);
     }
     std::printf(
         "\nvs dense = dense FFN time / case time, same shape, same backend, same run (> 1 is "
