@@ -7,3 +7,4 @@
 #include "ffnkit/core/macros.hpp"
 #include "ffnkit/core/rng.hpp"
 #include "ffnkit/core/view.hpp"
+#include "ffnkit/core/params.hpp"

@@ -1,0 +1,47 @@
+// Named parameter views and gradient buffers: the uniform surface optimizers, checkpoint I/O and
+// the self-guided blend use on every layer, whatever its factors are.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ffnkit/core/error.hpp"
+
+namespace ffnkit {
+
+// A mutable view of one of a layer's parameters, named as in the PyTorch original
+// (e.g. "lr1", "lr2", "blkdiag", "bias"), with its logical shape.
+template <class T>
+struct ParamView {
+  std::string name;
+  std::vector<index_t> shape;
+  T* data = nullptr;
+  index_t size = 0;
+};
+
+// One gradient buffer per parameter, in the order of the layer's params(); backward overwrites.
+template <class T>
+using GradList = std::vector<std::vector<T>>;
+
+// Zero-filled gradient buffers matching `params`.
+template <class T>
+GradList<T> make_grads(const std::vector<ParamView<T>>& params) {
+  GradList<T> g;
+  for (const auto& p : params) g.emplace_back(static_cast<std::size_t>(p.size), T(0));
+  return g;
+}
+
+// Checks that `grads` matches `params` in count and sizes (backward resizes nothing silently).
+template <class T>
+void check_grads(const char* where, const std::vector<ParamView<T>>& params,
+                 const GradList<T>& grads) {
+  if (grads.size() != params.size())
+    fail(where, "grads.size() = ", grads.size(),
+         ", expected one buffer per parameter = ", params.size());
+  for (std::size_t i = 0; i < params.size(); ++i)
+    if (static_cast<index_t>(grads[i].size()) != params[i].size)
+      fail(where, "grads[", i, "] (", params[i].name, ").size() = ", grads[i].size(), ", expected ",
+           params[i].size);
+}
+
+}  // namespace ffnkit

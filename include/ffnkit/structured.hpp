@@ -1,0 +1,27 @@
+// The structured linear layers (SPEC §1.2–1.5), each templated on scalar and backend:
+//   LowRankLinear        y = U (V x) + b                       params R (N + M)
+//   BlockDiagonalLinear  y_b = W_b x_b                         params N M / B
+//   BlockDenseLinear     y = U (blockdiag(V_1..V_B) x) + b     params R (M + N/B)
+//   BlockShuffleLinear   Monarch: two block-diagonal stages with a fixed shuffle
+// Each has forward, backward (dx, every factor's gradient, the bias gradient), materialize()
+// (the equivalent dense [out x in] weight), params(), parameter_count() and flops_per_token().
+// StructuredFFN<Up, Down> puts two of them around an activation (GELU, or SwiGLU with a gate).
+#pragma once
+
+#include "ffnkit/core.hpp"
+
+namespace ffnkit {
+
+template <class T, class Backend = Cpu>
+class LowRankLinear;
+template <class T, class Backend = Cpu>
+class BlockDiagonalLinear;
+template <class T, class Backend = Cpu>
+class BlockDenseLinear;
+template <class T, class Backend = Cpu>
+class BlockShuffleLinear;
+
+}  // namespace ffnkit
+
+#include "ffnkit/cpu/structured.hpp"
+#include "ffnkit/cpu/structured_ffn.hpp"

@@ -1,0 +1,481 @@
+// The structured layers (SPEC §1.2–1.5) on every backend that has them: forward against two
+// independent float64 oracles (the naive per-factor formulas, and the dense forward of the
+// layer's own materialize()), backward against the oracle's gradients, against central finite
+// differences in double, and against the materialized dense gradient, plus every bad input.
+#include <gtest/gtest.h>
+
+#include <Eigen/SVD>
+#include <cmath>
+#include <tuple>
+
+#include "ffnkit/reference.hpp"
+#include "ffnkit/structured.hpp"
+#include "support/harness.hpp"
+
+namespace ffnkit {
+namespace {
+
+using test::GuardedMatrix;
+
+// ---- the float64 oracle for each family, fed from the layer's own parameters --------------------
+
+template <class T>
+std::vector<double> p64(const ParamView<T>& p) {
+  return std::vector<double>(p.data, p.data + p.size);
+}
+template <class L>
+std::vector<double> bias64(L& l) {
+  const auto b = l.bias_host();
+  return std::vector<double>(b.begin(), b.end());
+}
+
+template <class T>
+std::vector<double> ref_forward(LowRankLinear<T>& l, const std::vector<double>& x, index_t t) {
+  auto p = l.params();
+  const auto v = p64(p[0]), u = p64(p[1]), b = bias64(l);
+  return reference::lowrank_forward(x.data(), t, l.in_features(), v.data(), u.data(), l.rank(),
+                                    b.empty() ? nullptr : b.data(), l.out_features());
+}
+template <class T>
+std::vector<double> ref_forward(BlockDiagonalLinear<T>& l, const std::vector<double>& x,
+                                index_t t) {
+  auto p = l.params();
+  const auto w = p64(p[0]), b = bias64(l);
+  return reference::block_diagonal_forward(x.data(), t, l.in_features(), w.data(), l.blocks(),
+                                           b.empty() ? nullptr : b.data(), l.out_features());
+}
+template <class T>
+std::vector<double> ref_forward(BlockDenseLinear<T>& l, const std::vector<double>& x, index_t t) {
+  auto p = l.params();
+  const auto v = p64(p[0]), u = p64(p[1]), b = bias64(l);
+  return reference::block_dense_forward(x.data(), t, l.in_features(), v.data(), l.blocks(),
+                                        l.rank(), u.data(), b.empty() ? nullptr : b.data(),
+                                        l.out_features());
+}
+template <class T>
+std::vector<double> ref_forward(BlockShuffleLinear<T>& l, const std::vector<double>& x, index_t t) {
+  auto p = l.params();
+  const auto w1 = p64(p[0]), w2 = p64(p[1]), b = bias64(l);
+  return reference::block_shuffle_forward(x.data(), t, l.in_features(), w1.data(), w2.data(),
+                                          l.blocks(), b.empty() ? nullptr : b.data(),
+                                          l.out_features());
+}
+
+template <class T>
+reference::StructuredGrads ref_backward(LowRankLinear<T>& l, const std::vector<double>& x,
+                                        const std::vector<double>& dy, index_t t) {
+  auto p = l.params();
+  const auto v = p64(p[0]), u = p64(p[1]);
+  return reference::lowrank_backward(x.data(), dy.data(), t, l.in_features(), v.data(), u.data(),
+                                     l.rank(), l.out_features(), l.has_bias());
+}
+template <class T>
+reference::StructuredGrads ref_backward(BlockDiagonalLinear<T>& l, const std::vector<double>& x,
+                                        const std::vector<double>& dy, index_t t) {
+  auto p = l.params();
+  const auto w = p64(p[0]);
+  return reference::block_diagonal_backward(x.data(), dy.data(), t, l.in_features(), w.data(),
+                                            l.blocks(), l.out_features(), l.has_bias());
+}
+template <class T>
+reference::StructuredGrads ref_backward(BlockDenseLinear<T>& l, const std::vector<double>& x,
+                                        const std::vector<double>& dy, index_t t) {
+  auto p = l.params();
+  const auto v = p64(p[0]), u = p64(p[1]);
+  return reference::block_dense_backward(x.data(), dy.data(), t, l.in_features(), v.data(),
+                                         l.blocks(), l.rank(), u.data(), l.out_features(),
+                                         l.has_bias());
+}
+template <class T>
+reference::StructuredGrads ref_backward(BlockShuffleLinear<T>& l, const std::vector<double>& x,
+                                        const std::vector<double>& dy, index_t t) {
+  auto p = l.params();
+  const auto w1 = p64(p[0]), w2 = p64(p[1]);
+  return reference::block_shuffle_backward(x.data(), dy.data(), t, l.in_features(), w1.data(),
+                                           w2.data(), l.blocks(), l.out_features(), l.has_bias());
+}
+
+// ---- one instance of every family at a shape
+// -----------------------------------------------------
+
+// Calls fn(name, layer) for each family at in = n, out = m with `blocks` blocks (which must divide
+// n and m) and a rank that fits every family's constraints.
+template <class T, class Fn>
+void for_each_family(index_t n, index_t m, index_t blocks, std::uint64_t seed, bool bias, Fn&& fn) {
+  const index_t small = std::min(n, m);
+  const index_t lr_rank = std::max<index_t>(1, small / 3);
+  index_t bd_rank = (small - 1) / blocks * blocks;  // below min(n, m), a multiple of blocks
+  {
+    auto l = LowRankLinear<T>::random(n, m, lr_rank, seed, bias);
+    fn("LowRank", l);
+  }
+  {
+    auto l = BlockDiagonalLinear<T>::random(n, m, blocks, seed, bias);
+    fn("BlockDiagonal", l);
+  }
+  if (bd_rank >= blocks) {
+    auto l = BlockDenseLinear<T>::random(n, m, blocks, bd_rank, seed, bias);
+    fn("BlockDense", l);
+  }
+  {
+    auto l = BlockShuffleLinear<T>::random(n, m, blocks, seed, bias);
+    fn("BlockShuffle", l);
+  }
+}
+
+template <class P>
+class StructuredTest : public ::testing::Test {
+ protected:
+  using T = typename P::Scalar;
+  using B = typename P::Backend;
+};
+using CpuCombos =
+    ::testing::Types<test::Combo<float, Cpu>, test::Combo<double, Cpu>>;  // device: issue 4 CUDA
+TYPED_TEST_SUITE(StructuredTest, CpuCombos, test::ComboName);
+
+// in, out, blocks: up and down projections, square, blocks 1..4, widths not multiples of 8.
+const std::vector<std::tuple<index_t, index_t, index_t>> kShapes = {
+    {12, 18, 3}, {30, 20, 2}, {8, 8, 4}, {6, 9, 1}, {36, 12, 4}, {96, 384, 4}};
+
+TYPED_TEST(StructuredTest, ForwardMatchesBothOraclesWithGuards) {
+  using T = typename TestFixture::T;
+  for (auto [n, m, blocks] : kShapes) {
+    for (index_t tokens : {1, 7, 33, 255}) {
+      for (bool bias : {true, false}) {
+        for_each_family<T>(n, m, blocks, 17 + n + m, bias, [&](const char* name, auto& layer) {
+          SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m << " blocks="
+                                          << blocks << " tokens=" << tokens << " bias=" << bias);
+          GuardedMatrix<T> x(tokens, n, 3), y(tokens, m, 2);
+          x.set(test::random_vector<T>(tokens * n, 5 + tokens));
+          layer.forward(x.cview(), y.view());
+          ASSERT_TRUE(y.guards_intact());
+          const auto xd = x.to_double();
+          // Oracle 1: the naive per-factor formulas of SPEC §1.2–1.5.
+          EXPECT_TRUE(test::within_tolerance<T>(
+              test::compare(y.data(), tokens, m, y.stride(), ref_forward(layer, xd, tokens))));
+          // Oracle 2: the dense forward of the layer's own materialize().
+          const auto w = test::to_double(layer.materialize());
+          const auto b = bias64(layer);
+          const auto dense =
+              reference::linear(xd.data(), tokens, n, w.data(), b.empty() ? nullptr : b.data(), m);
+          EXPECT_TRUE(
+              test::within_tolerance<T>(test::compare(y.data(), tokens, m, y.stride(), dense)));
+        });
+      }
+    }
+  }
+}
+
+TYPED_TEST(StructuredTest, BackwardMatchesOracleAndMaterializedDenseGradient) {
+  using T = typename TestFixture::T;
+  for (auto [n, m, blocks] : kShapes) {
+    for (index_t tokens : {1, 33}) {
+      for_each_family<T>(n, m, blocks, 5 + n, true, [&](const char* name, auto& layer) {
+        SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m
+                                        << " blocks=" << blocks << " tokens=" << tokens);
+        GuardedMatrix<T> x(tokens, n, 1), dy(tokens, m, 1), dx(tokens, n, 2);
+        x.set(test::random_vector<T>(tokens * n, 1 + tokens));
+        dy.set(test::random_vector<T>(tokens * m, 2 + tokens));
+        auto grads = make_grads(layer.params());
+        layer.backward(x.cview(), dy.cview(), dx.view(), grads);
+        ASSERT_TRUE(dx.guards_intact());
+        const auto xd = x.to_double(), dyd = dy.to_double();
+        const auto ref = ref_backward(layer, xd, dyd, tokens);
+        EXPECT_TRUE(
+            test::within_tolerance<T>(test::compare(dx.data(), tokens, n, dx.stride(), ref.dx)));
+        ASSERT_EQ(grads.size(), ref.factors.size() + 1);
+        for (std::size_t i = 0; i < ref.factors.size(); ++i) {
+          SCOPED_TRACE(testing::Message() << "factor " << i);
+          const auto& g = grads[i];
+          EXPECT_TRUE(test::within_tolerance<T>(
+              test::compare(g.data(), 1, static_cast<index_t>(g.size()),
+                            static_cast<index_t>(g.size()), ref.factors[i])));
+        }
+        EXPECT_TRUE(test::within_tolerance<T>(test::compare(grads.back().data(), 1, m, m, ref.db)));
+        // dx = dy W for the materialized W: the structured chain rule agrees with the dense one.
+        const auto w = test::to_double(layer.materialize());
+        std::vector<double> wt(static_cast<std::size_t>(n * m));
+        for (index_t i = 0; i < m; ++i)
+          for (index_t j = 0; j < n; ++j) wt[j * m + i] = w[i * n + j];
+        const auto dense_dx = reference::linear(dyd.data(), tokens, m, wt.data(), nullptr, n);
+        EXPECT_TRUE(
+            test::within_tolerance<T>(test::compare(dx.data(), tokens, n, dx.stride(), dense_dx)));
+      });
+    }
+  }
+}
+
+// Central differences of L = Σ dy ⊙ forward(x) in double, for every parameter entry and x.
+TEST(StructuredGradient, MatchesFiniteDifferencesInDouble) {
+  for (auto [n, m, blocks] :
+       std::vector<std::tuple<index_t, index_t, index_t>>{{6, 9, 3}, {8, 4, 2}, {4, 4, 1}}) {
+    const index_t tokens = 3;
+    for_each_family<double>(n, m, blocks, 3, true, [&](const char* name, auto& layer) {
+      SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m);
+      auto x = test::random_vector<double>(tokens * n, 11);
+      const auto dy = test::random_vector<double>(tokens * m, 12);
+      std::vector<double> y(tokens * m), dx(tokens * n);
+      auto loss = [&] {
+        layer.forward(make_view<const double>(x.data(), tokens, n), make_view(y.data(), tokens, m));
+        double s = 0;
+        for (std::size_t i = 0; i < y.size(); ++i) s += dy[i] * y[i];
+        return s;
+      };
+      auto grads = make_grads(layer.params());
+      layer.backward(make_view<const double>(x.data(), tokens, n),
+                     make_view<const double>(dy.data(), tokens, m), make_view(dx.data(), tokens, n),
+                     grads);
+      const double h = 1e-6;
+      auto fd = [&](double* v) {
+        const double keep = *v;
+        *v = keep + h;
+        const double up = loss();
+        *v = keep - h;
+        const double down = loss();
+        *v = keep;
+        return (up - down) / (2 * h);
+      };
+      auto params = layer.params();
+      for (std::size_t k = 0; k < params.size(); ++k)
+        for (index_t i = 0; i < params[k].size; ++i)
+          EXPECT_NEAR(grads[k][i], fd(params[k].data + i), 1e-7)
+              << params[k].name << "[" << i << "]";
+      for (index_t i = 0; i < tokens * n; ++i)
+        EXPECT_NEAR(dx[i], fd(&x[i]), 1e-7) << "x[" << i << "]";
+    });
+  }
+}
+
+// Layers of paper size built from zero factors: counts do not depend on the values, and the
+// seeded inits' eigen-decompositions would cost seconds each at these widths.
+struct Zeros {
+  std::vector<float> v = std::vector<float>(1 << 23, 0.f);
+  const float* operator()() const { return v.data(); }
+};
+
+LowRankLinear<float> lowrank(index_t n, index_t m, index_t r, bool bias) {
+  static const Zeros z;
+  return LowRankLinear<float>(n, m, r, z(), z(), bias ? z() : nullptr);
+}
+BlockDiagonalLinear<float> blockdiag(index_t n, index_t m, index_t b) {
+  static const Zeros z;
+  return BlockDiagonalLinear<float>(n, m, b, z(), nullptr);
+}
+BlockDenseLinear<float> blockdense(index_t n, index_t m, index_t b, index_t r) {
+  static const Zeros z;
+  return BlockDenseLinear<float>(n, m, b, r, z(), z(), nullptr);
+}
+BlockShuffleLinear<float> shuffle(index_t n, index_t m, index_t b) {
+  static const Zeros z;
+  return BlockShuffleLinear<float>(n, m, b, z(), z(), nullptr);
+}
+
+TEST(StructuredCounts, MatchSpecFormulasAndPaperSettings) {
+  // SPEC §1.2–1.5 parameter formulas (weights only, then the bias).
+  const index_t n = 1024, m = 4096;
+  EXPECT_EQ(lowrank(n, m, 512, false).parameter_count(), 512 * (n + m));
+  EXPECT_EQ(lowrank(n, m, 512, true).parameter_count(), 512 * (n + m) + m);
+  EXPECT_EQ(blockdiag(n, m, 4).parameter_count(), n * m / 4);
+  EXPECT_EQ(blockdense(n, m, 4, 768).parameter_count(), 768 * (m + n / 4));
+  EXPECT_EQ(shuffle(n, m, 4).parameter_count(), std::min(n, m) * (n + m) / 4);
+  EXPECT_EQ(shuffle(m, n, 4).parameter_count(), std::min(n, m) * (n + m) / 4);
+  EXPECT_DOUBLE_EQ(lowrank(n, m, 256, false).flops_per_token(), 2.0 * 256 * (n + m));
+  EXPECT_DOUBLE_EQ(shuffle(n, m, 4).flops_per_token(), 2.0 * std::min(n, m) * (n + m) / 4);
+  // SPEC §1.6: for the FFN pair d -> 4d -> d at d = 1024, LowRank R = d/2, d/4 and BlockShuffle
+  // B = 2, 4 keep exactly 5/8 ("63%") and 5/16 ("32%") of the dense weights.
+  const double dense = 2.0 * n * m;
+  auto pair = [&](const auto& up, const auto& down) {
+    return static_cast<double>(up.parameter_count() + down.parameter_count()) / dense;
+  };
+  EXPECT_NEAR(pair(lowrank(n, m, 512, false), lowrank(m, n, 512, false)), 5.0 / 8, 1e-12);
+  EXPECT_NEAR(pair(lowrank(n, m, 256, false), lowrank(m, n, 256, false)), 5.0 / 16, 1e-12);
+  EXPECT_NEAR(pair(shuffle(n, m, 2), shuffle(m, n, 2)), 5.0 / 8, 1e-12);
+  EXPECT_NEAR(pair(shuffle(n, m, 4), shuffle(m, n, 4)), 5.0 / 16, 1e-12);
+  // BlockDense's settings (B = 4, R = 768 / 384) land near, not exactly on, 5/8 and 5/16:
+  // R (M + N/B) summed over both projections is 0.586 and 0.293 of the dense count.
+  EXPECT_NEAR(pair(blockdense(n, m, 4, 768), blockdense(m, n, 4, 768)), 0.586, 0.001);
+  EXPECT_NEAR(pair(blockdense(n, m, 4, 384), blockdense(m, n, 4, 384)), 0.293, 0.001);
+}
+
+TEST(StructuredInit, SpectralAndOrthonormal) {
+  // LowRank: U V is the best rank-R approximation of the same Gaussian draw, so the residual's
+  // Frobenius norm squared equals the sum of the discarded squared singular values; checked
+  // indirectly: U V has rank R and ||U V||_F^2 <= ||W||_F^2.
+  auto lr = LowRankLinear<double>::random(20, 30, 5, 9, false);
+  const auto w = lr.materialize();
+  Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> W(w.data(), 30, 20);
+  Eigen::JacobiSVD<Eigen::MatrixXd> svd(W);
+  EXPECT_LT(svd.singularValues()(5), 1e-12 * svd.singularValues()(0));
+  EXPECT_GT(svd.singularValues()(4), 0.0);
+  // BlockDense: every block of V has orthonormal rows, U has orthonormal columns.
+  auto bd = BlockDenseLinear<double>::random(24, 40, 2, 12, 4, false);
+  auto p = bd.params();
+  Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> U(p[1].data, 40, 12);
+  EXPECT_TRUE((U.transpose() * U).isIdentity(1e-12));
+  for (index_t b = 0; b < 2; ++b) {
+    Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> V(p[0].data + b * 6 * 12, 6,
+                                                                       12);
+    EXPECT_TRUE((V * V.transpose()).isIdentity(1e-12));
+  }
+}
+
+TEST(StructuredErrors, BadShapesAndArgumentsAreNamed) {
+  using test::throws_error;
+  EXPECT_TRUE(throws_error([] { LowRankLinear<float>::random(8, 12, 9, 1); },
+                           {"rank = 9", "min(in_features, out_features) = 8"}));
+  EXPECT_TRUE(throws_error([] { LowRankLinear<float>::random(8, 12, 0, 1); }, {"rank = 0"}));
+  EXPECT_TRUE(throws_error([] { BlockDiagonalLinear<float>::random(10, 12, 4, 1); },
+                           {"blocks = 4", "in_features = 10"}));
+  EXPECT_TRUE(throws_error([] { BlockDiagonalLinear<float>::random(12, 10, 4, 1); },
+                           {"blocks = 4", "out_features = 10"}));
+  EXPECT_TRUE(throws_error([] { BlockDenseLinear<float>::random(16, 32, 4, 16, 1); },
+                           {"rank = 16", "min(in_features, out_features) = 16"}));
+  EXPECT_TRUE(throws_error([] { BlockDenseLinear<float>::random(16, 32, 4, 6, 1); },
+                           {"blocks = 4", "rank = 6"}));
+  EXPECT_TRUE(throws_error([] { BlockShuffleLinear<float>::random(12, 20, 3, 1); },
+                           {"blocks = 3", "out_features = 20"}));
+  EXPECT_TRUE(
+      throws_error([] { BlockShuffleLinear<float>::random(12, 20, 0, 1); }, {"blocks = 0"}));
+  std::vector<float> w(64, 0.1f);
+  w[5] = NAN;
+  EXPECT_TRUE(throws_error([&] { BlockDiagonalLinear<float>(8, 8, 1, w.data(), nullptr); },
+                           {"weight[5]", "nan"}));
+  EXPECT_TRUE(throws_error([&] { LowRankLinear<float>(8, 8, 2, nullptr, w.data(), nullptr); },
+                           {"lr1", "null"}));
+  // Forward and backward: mismatched shapes, zero tokens, null data, aliasing, wrong grads.
+  auto l = BlockShuffleLinear<float>::random(8, 12, 2, 1);
+  std::vector<float> x(4 * 8, 1.f), y(4 * 12), dx(4 * 8);
+  EXPECT_TRUE(throws_error(
+      [&] {
+        l.forward({x.data(), 4, 7}, {y.data(), 4, 12});
+      },
+      {"x.cols = 7", "in_features = 8"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        l.forward({x.data(), 4, 8}, {y.data(), 4, 11});
+      },
+      {"y.cols = 11", "out_features = 12"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        l.forward({x.data(), 0, 8}, {y.data(), 0, 12});
+      },
+      {"x.rows (tokens) = 0"}));
+  EXPECT_TRUE(throws_error([&] { l.forward({nullptr, 4, 8}, {y.data(), 4, 12}); }, {"x.data"}));
+  EXPECT_TRUE(throws_error([&] { l.forward({y.data(), 4, 8}, {y.data(), 4, 12}); }, {"overlap"}));
+  auto grads = make_grads(l.params());
+  grads[1].pop_back();
+  EXPECT_TRUE(throws_error(
+      [&] {
+        l.backward({x.data(), 4, 8}, {y.data(), 4, 12}, {dx.data(), 4, 8}, grads);
+      },
+      {"grads[1]", "blkdiag2"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        auto g = make_grads(l.params());
+        l.backward({x.data(), 4, 8}, {y.data(), 3, 12}, {dx.data(), 4, 8}, g);
+      },
+      {"dy.rows = 3", "x.rows = 4"}));
+  LowRankLinear<float> empty;
+  EXPECT_TRUE(throws_error([&] { empty.forward({x.data(), 4, 8}, {y.data(), 4, 12}); }, {"empty"}));
+}
+
+// ---- StructuredFFN
+// -------------------------------------------------------------------------------
+
+template <class L>
+std::vector<double> materialized(const L& l) {
+  return test::to_double(l.materialize());
+}
+
+TYPED_TEST(StructuredTest, FfnMatchesDenseOracleOfMaterializedProjections) {
+  using T = typename TestFixture::T;
+  const index_t d = 24, f = 96;
+  auto check = [&](const char* name, auto ffn) {
+    for (index_t tokens : {1, 7, 33}) {
+      SCOPED_TRACE(testing::Message() << name << " tokens=" << tokens);
+      GuardedMatrix<T> x(tokens, d, 2), y(tokens, d, 1);
+      x.set(test::random_vector<T>(tokens * d, 3 + tokens));
+      ffn.forward(x.cview(), y.view());
+      ASSERT_TRUE(y.guards_intact());
+      const auto xd = x.to_double();
+      const auto w1 = materialized(ffn.up()), w2 = materialized(ffn.down());
+      const auto b1 = bias64(ffn.up()), b2 = bias64(ffn.down());
+      std::vector<double> ref;
+      if (ffn.gated()) {
+        const auto wg = materialized(ffn.gate());
+        const auto bg = bias64(const_cast<std::decay_t<decltype(ffn.gate())>&>(ffn.gate()));
+        ref = reference::swiglu_ffn(xd.data(), tokens, d, wg.data(), bg.data(), w1.data(),
+                                    b1.data(), f, w2.data(), b2.data(), d);
+      } else {
+        ref = reference::ffn(xd.data(), tokens, d, w1.data(), b1.data(), f, ffn.activation(),
+                             w2.data(), b2.data(), d);
+      }
+      EXPECT_TRUE(test::within_tolerance<T>(test::compare(y.data(), tokens, d, y.stride(), ref)));
+    }
+  };
+  using LR = LowRankLinear<T>;
+  using BD = BlockDenseLinear<T>;
+  using BS = BlockShuffleLinear<T>;
+  check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 6, 1), LR::random(f, d, 6, 2)));
+  check("blockdense relu", StructuredFFN<BD, BD>(BD::random(d, f, 2, 12, 1),
+                                                 BD::random(f, d, 2, 12, 2), Activation::kRelu));
+  check("blockshuffle gelu", StructuredFFN<BS, BS>(BS::random(d, f, 4, 1), BS::random(f, d, 4, 2)));
+  check(
+      "blockshuffle gelu_erf",
+      StructuredFFN<BS, BS>(BS::random(d, f, 2, 1), BS::random(f, d, 2, 2), Activation::kGeluErf));
+  check("mixed lowrank/shuffle",
+        StructuredFFN<LR, BS>(LR::random(d, f, 8, 1), BS::random(f, d, 4, 2)));
+  check("lowrank swiglu",
+        StructuredFFN<LR, LR>::swiglu(LR::random(d, f, 6, 3), LR::random(d, f, 6, 4),
+                                      LR::random(f, d, 6, 5)));
+  check("blockshuffle swiglu",
+        StructuredFFN<BS, BS>::swiglu(BS::random(d, f, 4, 3), BS::random(d, f, 4, 4),
+                                      BS::random(f, d, 4, 5)));
+}
+
+TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
+  using LR = LowRankLinear<double>;
+  using BS = BlockShuffleLinear<double>;
+  const index_t d = 6, f = 12, tokens = 3;
+  auto check = [&](const char* name, auto ffn) {
+    SCOPED_TRACE(name);
+    auto x = test::random_vector<double>(tokens * d, 21);
+    const auto dy = test::random_vector<double>(tokens * d, 22);
+    std::vector<double> y(tokens * d), dx(tokens * d);
+    auto loss = [&] {
+      ffn.forward(make_view<const double>(x.data(), tokens, d), make_view(y.data(), tokens, d));
+      double s = 0;
+      for (std::size_t i = 0; i < y.size(); ++i) s += dy[i] * y[i];
+      return s;
+    };
+    auto grads = make_grads(ffn.params());
+    ffn.backward(make_view<const double>(x.data(), tokens, d),
+                 make_view<const double>(dy.data(), tokens, d), make_view(dx.data(), tokens, d),
+                 grads);
+    const double h = 1e-6;
+    auto fd = [&](double* v) {
+      const double keep = *v;
+      *v = keep + h;
+      const double up = loss();
+      *v = keep - h;
+      const double down = loss();
+      *v = keep;
+      return (up - down) / (2 * h);
+    };
+    auto params = ffn.params();
+    for (std::size_t k = 0; k < params.size(); ++k)
+      for (index_t i = 0; i < params[k].size; ++i)
+        EXPECT_NEAR(grads[k][i], fd(params[k].data + i), 2e-7) << params[k].name << "[" << i << "]";
+    for (index_t i = 0; i < tokens * d; ++i)
+      EXPECT_NEAR(dx[i], fd(&x[i]), 2e-7) << "x[" << i << "]";
+  };
+  check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2)));
+  check("shuffle silu",
+        StructuredFFN<BS, BS>(BS::random(d, f, 2, 1), BS::random(f, d, 2, 2), Activation::kSilu));
+  check("lowrank swiglu",
+        StructuredFFN<LR, LR>::swiglu(LR::random(d, f, 3, 3), LR::random(d, f, 3, 4),
+                                      LR::random(f, d, 3, 5)));
+}
+
+}  // namespace
+}  // namespace ffnkit
