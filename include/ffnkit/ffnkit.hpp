@@ -3,5 +3,5 @@
 
 #include "ffnkit/core.hpp"
 #include "ffnkit/dense.hpp"
-#include "ffnkit/structured.hpp"
 #include "ffnkit/self_guided.hpp"
+#include "ffnkit/structured.hpp"
