@@ -48,6 +48,7 @@ struct LayerCase {
   // The case speedup_vs_dense is measured against: the dense FFN of the same backend and dtype.
   std::string baseline = kDenseCaseName;
   bool device_timed = false;  // registered with UseManualTime
+  bool in_table = true;       // part of the main job's --table (training, pre-merge: full suite)
 };
 
 // Cases register themselves at static-initialization time; baselines run first for each shape.

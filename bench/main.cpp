@@ -2,6 +2,7 @@
 //   ffnkit_bench                  the full suite (Google Benchmark output, all flags work)
 //   ffnkit_bench --table          the main job: the default shape (BERT-base, d=768, d_ff=3072)
 //                                 at a few token counts, printed as one table
+//   ffnkit_bench --table --all    the table with every case (training steps, pre-merge too)
 //   ffnkit_bench --d=1024 --tokens=1,128 ...   restrict the shapes of either mode
 #include <benchmark/benchmark.h>
 
@@ -134,6 +135,7 @@ class TableReporter : public benchmark::BenchmarkReporter {
 
 int main(int argc, char** argv) {
   bool table = false;
+  bool all_cases = false;  // --all: the table also shows training and pre-merge cases
   std::vector<index_t> dims = {768, 1024, 2048};
   std::vector<index_t> tokens = {1, 16, 128, 512, 2048};
   bool dims_set = false, tokens_set = false, min_time_set = false;
@@ -143,6 +145,8 @@ int main(int argc, char** argv) {
       const std::string a = argv[i];
       if (a == "--table") {
         table = true;
+      } else if (a == "--all") {
+        all_cases = true;
       } else if (a.rfind("--d=", 0) == 0) {
         dims = parse_list(a.substr(4));
         dims_set = true;
@@ -170,6 +174,7 @@ int main(int argc, char** argv) {
     for (index_t t : tokens) {
       const Shape shape{d, 4 * d, t};
       for (const auto& c : ffnkit::bench::registry()) {
+        if (table && !all_cases && !c.in_table) continue;
         const std::string name = c.name + "/" + shape.label();
         benchmark::RegisterBenchmark(
             name.c_str(),

@@ -470,11 +470,69 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
       EXPECT_NEAR(dx[i], fd(&x[i]), 2e-7) << "x[" << i << "]";
   };
   check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2)));
+  {
+    // backward keeps its hidden-sized buffers across calls: a larger call first, then the checked
+    // smaller one, must not read stale or extra elements.
+    StructuredFFN<LR, LR> ffn(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2));
+    const index_t big = 9;
+    auto xb = test::random_vector<double>(big * d, 1),
+         dyb = test::random_vector<double>(big * d, 2);
+    std::vector<double> dxb(big * d);
+    auto g = make_grads(ffn.params());
+    ffn.backward(make_view<const double>(xb.data(), big, d),
+                 make_view<const double>(dyb.data(), big, d), make_view(dxb.data(), big, d), g);
+    check("lowrank gelu after a larger backward", std::move(ffn));
+  }
   check("shuffle silu",
         StructuredFFN<BS, BS>(BS::random(d, f, 2, 1), BS::random(f, d, 2, 2), Activation::kSilu));
   check("lowrank swiglu",
         StructuredFFN<LR, LR>::swiglu(LR::random(d, f, 3, 3), LR::random(d, f, 3, 4),
                                       LR::random(f, d, 3, 5)));
+}
+
+// ---- pre-merge (SPEC §1.8) ----------------------------------------------------------------------
+
+TYPED_TEST(StructuredTest, PreMergedBothPathsMatchTheOracle) {
+  using T = typename TestFixture::T;
+  auto pm = PreMerged<BlockShuffleLinear<T>>(BlockShuffleLinear<T>::random(24, 40, 4, 3));
+  for (auto path : {decltype(pm)::Path::kStructured, decltype(pm)::Path::kDense}) {
+    pm.set_path(path);
+    for (index_t tokens : {1, 7, 33}) {
+      for (Activation act : {Activation::kIdentity, Activation::kGeluTanh}) {
+        SCOPED_TRACE(testing::Message() << "dense path=" << (path == decltype(pm)::Path::kDense)
+                                        << " tokens=" << tokens << " act=" << to_string(act));
+        GuardedMatrix<T> x(tokens, 24, 1), y(tokens, 40, 1);
+        x.set(test::random_vector<T>(tokens * 24, tokens));
+        pm.forward(x.cview(), y.view(), {}, act);
+        ASSERT_TRUE(y.guards_intact());
+        const auto w = materialized(pm.structured()), b = bias64(pm);
+        auto ref = reference::linear(x.to_double().data(), tokens, 24, w.data(), b.data(), 40);
+        reference::apply_activation(act, ref);
+        EXPECT_TRUE(
+            test::within_tolerance<T>(test::compare(y.data(), tokens, 40, y.stride(), ref)));
+      }
+    }
+  }
+}
+
+TEST(PreMerged, CalibrateRecordsTheFasterPathPerPowerOfTwoBucket) {
+  auto pm = PreMerged<LowRankLinear<float>>(LowRankLinear<float>::random(64, 256, 16, 1));
+  const auto rows = pm.calibrate(64, 3);
+  ASSERT_EQ(rows.size(), 7u);  // 1, 2, 4, ..., 64
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i].tokens, index_t{1} << i);
+    EXPECT_GT(rows[i].structured_seconds, 0.0);
+    EXPECT_GT(rows[i].dense_seconds, 0.0);
+    const auto expected = rows[i].dense_seconds < rows[i].structured_seconds
+                              ? decltype(pm)::Path::kDense
+                              : decltype(pm)::Path::kStructured;
+    // Every count in [2^i, 2^(i+1)) takes the path measured at 2^i.
+    EXPECT_EQ(pm.path(rows[i].tokens), expected);
+    EXPECT_EQ(pm.path(2 * rows[i].tokens - 1), expected);
+  }
+  EXPECT_EQ(pm.path(100000), pm.path(64));  // beyond the range: the last decision
+  EXPECT_TRUE(test::throws_error([&] { pm.calibrate(0); }, {"max_tokens = 0"}));
+  EXPECT_EQ(pm.merged_bytes(), 64u * 256u * sizeof(float));
 }
 
 }  // namespace

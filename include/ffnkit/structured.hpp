@@ -23,5 +23,6 @@ class BlockShuffleLinear;
 
 }  // namespace ffnkit
 
+#include "ffnkit/cpu/premerge.hpp"
 #include "ffnkit/cpu/structured.hpp"
 #include "ffnkit/cpu/structured_ffn.hpp"

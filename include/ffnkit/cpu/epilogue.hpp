@@ -91,5 +91,57 @@ void swiglu_inplace(const MatrixView<T>& gate_up, const T* gate_bias, const T* u
   });
 }
 
+namespace detail {
+
+// g *= act'(pre) on one contiguous run, vectorized with the same formulas as
+// core/activation.hpp's grad().
+template <class T>
+void multiply_activation_grad_run(T* g, const T* pre, index_t n, Activation act) {
+  ArrayMap<T> ga(g, n);
+  ConstArrayMap<T> x(pre, n);
+  switch (act) {
+    case Activation::kIdentity:
+      break;
+    case Activation::kRelu:
+      ga = (x > T(0)).select(ga, T(0));
+      break;
+    case Activation::kGeluTanh: {
+      const T k0 = T(GeluTanhFn::kSqrt2OverPi), k1 = T(GeluTanhFn::kCubic);
+      const auto s = (T(1) + (T(-2) * k0 * (x + k1 * x * x * x)).exp()).inverse().eval();
+      const auto du = (k0 * (T(1) + T(3) * k1 * x * x)).eval();
+      ga *= s + T(2) * x * s * (T(1) - s) * du;
+      break;
+    }
+    case Activation::kGeluErf: {
+      const GeluErfFn fn;
+      for (index_t i = 0; i < n; ++i) g[i] *= fn.grad(pre[i]);
+      break;
+    }
+    case Activation::kSilu: {
+      const auto s = (T(1) + (-x).exp()).inverse().eval();
+      ga *= s * (T(1) + x * (T(1) - s));
+      break;
+    }
+  }
+}
+
+}  // namespace detail
+
+// g *= act'(pre) elementwise over [rows x cols] (both contiguous views of the same shape): the
+// activation's backward in an FFN, threaded and vectorized like the forward epilogue.
+template <class T>
+void multiply_activation_grad(const MatrixView<T>& g, const MatrixView<const T>& pre,
+                              Activation act) {
+  if (act == Activation::kIdentity) return;
+  const index_t chunks_per_row = (g.cols + detail::kEpilogueChunk - 1) / detail::kEpilogueChunk;
+  const index_t chunk = std::min<index_t>(g.cols, detail::kEpilogueChunk);
+  parallel_for(g.rows * chunks_per_row, chunk, [&](std::int64_t task) {
+    const index_t r = task / chunks_per_row;
+    const index_t c0 = (task % chunks_per_row) * detail::kEpilogueChunk;
+    const index_t n = std::min(detail::kEpilogueChunk, g.cols - c0);
+    detail::multiply_activation_grad_run(g.row(r) + c0, pre.row(r) + c0, n, act);
+  });
+}
+
 }  // namespace cpu
 }  // namespace ffnkit

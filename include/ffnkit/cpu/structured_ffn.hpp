@@ -2,6 +2,7 @@
 // SwiGLU supported; forward and backward. CPU backend.
 #pragma once
 
+#include <array>
 #include <iterator>
 #include <memory>
 #include <utility>
@@ -129,26 +130,30 @@ class StructuredFFN {
     check_grads(where, params(), grads);
     const index_t t = x.rows, f = d_ff();
     const std::size_t n_gate = gate_ ? gate_->params().size() : 0, n_up = up_.params().size();
-    std::vector<T> pre(static_cast<std::size_t>(t * f)), act(pre.size()), dact(pre.size());
+    // Hidden-sized buffers are kept across calls: at 2048 tokens x 4096 they are ~100 MB, and
+    // allocating and zero-filling them per step cost a visible share of a training step.
+    const std::size_t hidden = static_cast<std::size_t>(t * f);
+    std::vector<T>& pre = buffer(0, hidden);
+    std::vector<T>& act = buffer(1, hidden);
+    std::vector<T>& dact = buffer(2, hidden);
     const MatrixView<T> prev(pre.data(), t, f), actv(act.data(), t, f), dactv(dact.data(), t, f);
     up_.forward(x, prev);  // recompute the pre-activation
-    std::vector<T> gpre;
+    std::vector<T>& gpre = buffer(3, gate_ ? hidden : 0);
     if (gate_) {
-      gpre.resize(pre.size());
       gate_->forward(x, MatrixView<T>(gpre.data(), t, f));
       const SiluFn silu;
-      for (std::size_t i = 0; i < act.size(); ++i) act[i] = silu(gpre[i]) * pre[i];
+      for (std::size_t i = 0; i < hidden; ++i) act[i] = silu(gpre[i]) * pre[i];
     } else {
-      act = pre;
+      std::copy_n(pre.begin(), hidden, act.begin());
       cpu::bias_activation_inplace(actv, static_cast<const T*>(nullptr), act_);
     }
     with_slice(grads, n_gate + n_up, grads.size(),
                [&](GradList<T>& g) { down_.backward(MatrixView<const T>(actv), dy, dactv, g); });
     if (gate_) {
       // a = SiLU(g) u: du = da SiLU(g), dg = da u SiLU'(g).
-      std::vector<T> dg(pre.size());
+      std::vector<T>& dg = buffer(4, hidden);
       const SiluFn silu;
-      for (std::size_t i = 0; i < dact.size(); ++i) {
+      for (std::size_t i = 0; i < hidden; ++i) {
         dg[i] = dact[i] * pre[i] * silu.grad(gpre[i]);
         dact[i] = dact[i] * silu(gpre[i]);
       }
@@ -163,10 +168,7 @@ class StructuredFFN {
         for (index_t r = 0; r < t; ++r)
           for (index_t j = 0; j < d_model(); ++j) dx(r, j) += dx_gate[r * d_model() + j];
     } else {
-      dispatch_activation(act_, [&](auto fn) {
-        for (std::size_t i = 0; i < dact.size(); ++i) dact[i] *= fn.grad(pre[i]);
-        return 0;
-      });
+      cpu::multiply_activation_grad(dactv, MatrixView<const T>(prev), act_);
       with_slice(grads, 0, n_up,
                  [&](GradList<T>& g) { up_.backward(x, MatrixView<const T>(dactv), dx, g); });
     }
@@ -182,6 +184,13 @@ class StructuredFFN {
     std::move(sub.begin(), sub.end(), grads.begin() + begin);
   }
 
+  // Scratch buffer `i`, grown to at least `n` elements and never shrunk.
+  // The array has a fixed size, so a reference returned earlier stays valid.
+  std::vector<T>& buffer(std::size_t i, std::size_t n) {
+    if (scratch_[i].size() < n) scratch_[i].resize(n);
+    return scratch_[i];
+  }
+
   static void multiply_inplace(const MatrixView<T>& a, const MatrixView<const T>& b) {
     cpu::parallel_for(a.rows, a.cols, [&](std::int64_t r) {
       Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(a.row(r), a.cols) *=
@@ -193,6 +202,7 @@ class StructuredFFN {
   Down down_;
   Activation act_ = Activation::kGeluTanh;
   std::unique_ptr<Up> gate_;
+  std::array<std::vector<T>, 5> scratch_;  // backward's hidden-sized buffers, reused across calls
 };
 
 }  // namespace ffnkit
