@@ -205,6 +205,41 @@ TYPED_TEST(StructuredTest, BackwardMatchesOracleAndMaterializedDenseGradient) {
   }
 }
 
+// Checks backward's gradients (every parameter entry, and x) against central differences of
+// L = Σ dy ⊙ forward(x), in double. Works for any model with forward/backward/params.
+template <class Model>
+void expect_gradients_match_finite_differences(Model& model, index_t tokens, index_t n, index_t m,
+                                               double tol) {
+  auto x = test::random_vector<double>(tokens * n, 11);
+  const auto dy = test::random_vector<double>(tokens * m, 12);
+  std::vector<double> y(tokens * m), dx(tokens * n);
+  auto loss = [&] {
+    model.forward(make_view<const double>(x.data(), tokens, n), make_view(y.data(), tokens, m));
+    double s = 0;
+    for (std::size_t i = 0; i < y.size(); ++i) s += dy[i] * y[i];
+    return s;
+  };
+  auto grads = make_grads(model.params());
+  model.backward(make_view<const double>(x.data(), tokens, n),
+                 make_view<const double>(dy.data(), tokens, m), make_view(dx.data(), tokens, n),
+                 grads);
+  const double h = 1e-6;
+  auto fd = [&](double* v) {
+    const double keep = *v;
+    *v = keep + h;
+    const double up = loss();
+    *v = keep - h;
+    const double down = loss();
+    *v = keep;
+    return (up - down) / (2 * h);
+  };
+  auto params = model.params();
+  for (std::size_t k = 0; k < params.size(); ++k)
+    for (index_t i = 0; i < params[k].size; ++i)
+      EXPECT_NEAR(grads[k][i], fd(params[k].data + i), tol) << params[k].name << "[" << i << "]";
+  for (index_t i = 0; i < tokens * n; ++i) EXPECT_NEAR(dx[i], fd(&x[i]), tol) << "x[" << i << "]";
+}
+
 // Central differences of L = Σ dy ⊙ forward(x) in double, for every parameter entry and x.
 TEST(StructuredGradient, MatchesFiniteDifferencesInDouble) {
   for (auto [n, m, blocks] :
@@ -212,36 +247,7 @@ TEST(StructuredGradient, MatchesFiniteDifferencesInDouble) {
     const index_t tokens = 3;
     for_each_family<double>(n, m, blocks, 3, true, [&](const char* name, auto& layer) {
       SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m);
-      auto x = test::random_vector<double>(tokens * n, 11);
-      const auto dy = test::random_vector<double>(tokens * m, 12);
-      std::vector<double> y(tokens * m), dx(tokens * n);
-      auto loss = [&] {
-        layer.forward(make_view<const double>(x.data(), tokens, n), make_view(y.data(), tokens, m));
-        double s = 0;
-        for (std::size_t i = 0; i < y.size(); ++i) s += dy[i] * y[i];
-        return s;
-      };
-      auto grads = make_grads(layer.params());
-      layer.backward(make_view<const double>(x.data(), tokens, n),
-                     make_view<const double>(dy.data(), tokens, m), make_view(dx.data(), tokens, n),
-                     grads);
-      const double h = 1e-6;
-      auto fd = [&](double* v) {
-        const double keep = *v;
-        *v = keep + h;
-        const double up = loss();
-        *v = keep - h;
-        const double down = loss();
-        *v = keep;
-        return (up - down) / (2 * h);
-      };
-      auto params = layer.params();
-      for (std::size_t k = 0; k < params.size(); ++k)
-        for (index_t i = 0; i < params[k].size; ++i)
-          EXPECT_NEAR(grads[k][i], fd(params[k].data + i), 1e-7)
-              << params[k].name << "[" << i << "]";
-      for (index_t i = 0; i < tokens * n; ++i)
-        EXPECT_NEAR(dx[i], fd(&x[i]), 1e-7) << "x[" << i << "]";
+      expect_gradients_match_finite_differences(layer, tokens, n, m, 1e-7);
     });
   }
 }
@@ -439,35 +445,7 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
   const index_t d = 6, f = 12, tokens = 3;
   auto check = [&](const char* name, auto ffn) {
     SCOPED_TRACE(name);
-    auto x = test::random_vector<double>(tokens * d, 21);
-    const auto dy = test::random_vector<double>(tokens * d, 22);
-    std::vector<double> y(tokens * d), dx(tokens * d);
-    auto loss = [&] {
-      ffn.forward(make_view<const double>(x.data(), tokens, d), make_view(y.data(), tokens, d));
-      double s = 0;
-      for (std::size_t i = 0; i < y.size(); ++i) s += dy[i] * y[i];
-      return s;
-    };
-    auto grads = make_grads(ffn.params());
-    ffn.backward(make_view<const double>(x.data(), tokens, d),
-                 make_view<const double>(dy.data(), tokens, d), make_view(dx.data(), tokens, d),
-                 grads);
-    const double h = 1e-6;
-    auto fd = [&](double* v) {
-      const double keep = *v;
-      *v = keep + h;
-      const double up = loss();
-      *v = keep - h;
-      const double down = loss();
-      *v = keep;
-      return (up - down) / (2 * h);
-    };
-    auto params = ffn.params();
-    for (std::size_t k = 0; k < params.size(); ++k)
-      for (index_t i = 0; i < params[k].size; ++i)
-        EXPECT_NEAR(grads[k][i], fd(params[k].data + i), 2e-7) << params[k].name << "[" << i << "]";
-    for (index_t i = 0; i < tokens * d; ++i)
-      EXPECT_NEAR(dx[i], fd(&x[i]), 2e-7) << "x[" << i << "]";
+    expect_gradients_match_finite_differences(ffn, tokens, d, d, 2e-7);
   };
   check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2)));
   {

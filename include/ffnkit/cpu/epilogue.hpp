@@ -51,18 +51,26 @@ void bias_activation_run(T* v, const T* bias, index_t n, Activation act) {
   }
 }
 
+// Runs fn(row, first_col, count) over [rows x cols] in tasks of at most kEpilogueChunk columns,
+// split across OpenMP threads when the work pays for it: every elementwise pass's loop.
+template <class Fn>
+void for_each_chunk(index_t rows, index_t cols, index_t cost_per_element, Fn&& fn) {
+  const index_t chunks_per_row = (cols + kEpilogueChunk - 1) / kEpilogueChunk;
+  const index_t chunk = std::min<index_t>(cols, kEpilogueChunk);
+  parallel_for(rows * chunks_per_row, cost_per_element * chunk, [&](std::int64_t task) {
+    const index_t r = task / chunks_per_row;
+    const index_t c0 = (task % chunks_per_row) * kEpilogueChunk;
+    fn(r, c0, std::min(kEpilogueChunk, cols - c0));
+  });
+}
+
 }  // namespace detail
 
 // h = act(h + bias) in place, bias: [h.cols] or null.
 template <class T>
 void bias_activation_inplace(const MatrixView<T>& h, const T* bias, Activation act) {
   if (!bias && act == Activation::kIdentity) return;
-  const index_t chunks_per_row = (h.cols + detail::kEpilogueChunk - 1) / detail::kEpilogueChunk;
-  const index_t chunk = std::min<index_t>(h.cols, detail::kEpilogueChunk);
-  parallel_for(h.rows * chunks_per_row, chunk, [&](std::int64_t task) {
-    const index_t r = task / chunks_per_row;
-    const index_t c0 = (task % chunks_per_row) * detail::kEpilogueChunk;
-    const index_t n = std::min(detail::kEpilogueChunk, h.cols - c0);
+  detail::for_each_chunk(h.rows, h.cols, 1, [&](index_t r, index_t c0, index_t n) {
     detail::bias_activation_run(h.row(r) + c0, bias ? bias + c0 : nullptr, n, act);
   });
 }
@@ -72,12 +80,7 @@ void bias_activation_inplace(const MatrixView<T>& h, const T* bias, Activation a
 template <class T>
 void swiglu_inplace(const MatrixView<T>& gate_up, const T* gate_bias, const T* up_bias) {
   const index_t f = gate_up.cols / 2;
-  const index_t chunks_per_row = (f + detail::kEpilogueChunk - 1) / detail::kEpilogueChunk;
-  const index_t chunk = std::min<index_t>(f, detail::kEpilogueChunk);
-  parallel_for(gate_up.rows * chunks_per_row, 2 * chunk, [&](std::int64_t task) {
-    const index_t r = task / chunks_per_row;
-    const index_t c0 = (task % chunks_per_row) * detail::kEpilogueChunk;
-    const index_t n = std::min(detail::kEpilogueChunk, f - c0);
+  detail::for_each_chunk(gate_up.rows, f, 2, [&](index_t r, index_t c0, index_t n) {
     T* g = gate_up.row(r) + c0;
     T* u = gate_up.row(r) + f + c0;
     detail::bias_activation_run(g, gate_bias ? gate_bias + c0 : nullptr, n, Activation::kSilu);
@@ -133,12 +136,7 @@ template <class T>
 void multiply_activation_grad(const MatrixView<T>& g, const MatrixView<const T>& pre,
                               Activation act) {
   if (act == Activation::kIdentity) return;
-  const index_t chunks_per_row = (g.cols + detail::kEpilogueChunk - 1) / detail::kEpilogueChunk;
-  const index_t chunk = std::min<index_t>(g.cols, detail::kEpilogueChunk);
-  parallel_for(g.rows * chunks_per_row, chunk, [&](std::int64_t task) {
-    const index_t r = task / chunks_per_row;
-    const index_t c0 = (task % chunks_per_row) * detail::kEpilogueChunk;
-    const index_t n = std::min(detail::kEpilogueChunk, g.cols - c0);
+  detail::for_each_chunk(g.rows, g.cols, 1, [&](index_t r, index_t c0, index_t n) {
     detail::multiply_activation_grad_run(g.row(r) + c0, pre.row(r) + c0, n, act);
   });
 }
