@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "emu_test_util.hpp"
 #include "ffnkit/cuda/emu/runtime.hpp"
 
 namespace ffnkit::cuda_emu {
@@ -40,18 +41,7 @@ using cuda_emu::DeviceBuffer;
 using cuda_emu::Op;
 using cuda_emu::Stream;
 using Eigen::MatrixXd;
-
-// Runs `fn` and returns the ffnkit::Error message it throws; fails the test if it does not throw.
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected ffnkit::Error";
-  return {};
-}
+using test::error_of;
 
 std::size_t element_size(DataType t) { return t == DataType::kF32 ? 4 : 2; }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 // Kernels last: the emulation header defines CUDA keywords as macros.
+#include "emu_test_util.hpp"
 #include "test_kernels.cuh"
 
 namespace ffnkit::emu {
@@ -34,20 +35,9 @@ using emu::EmuSettings;
 using emu::launch_kernel;
 using emu::ScheduleOrder;
 using emu::ScopedSchedule;
+using test::error_of;
 
 constexpr std::uint64_t kSeed = 12345;
-
-// Runs `fn` and returns the ffnkit::Error message it throws; fails the test if it does not throw.
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected ffnkit::Error";
-  return {};
-}
 
 std::vector<float> random_floats(std::size_t n, float lo, float hi, unsigned seed) {
   std::mt19937 rng(seed);

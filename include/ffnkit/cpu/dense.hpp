@@ -10,6 +10,7 @@
 #include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/epilogue.hpp"
 #include "ffnkit/cpu/gemm.hpp"
+#include "ffnkit/detail/dense_ffn_common.hpp"
 #include "ffnkit/detail/ffn_checks.hpp"
 
 namespace ffnkit {
@@ -96,20 +97,27 @@ class DenseLinear<T, Cpu> {
 };
 
 template <class T>
-class DenseFFN<T, Cpu> {
+class DenseFFN<T, Cpu> : public detail::DenseFFNCommon<DenseFFN<T, Cpu>, DenseLinear<T, Cpu>> {
+  using Base = detail::DenseFFNCommon<DenseFFN<T, Cpu>, DenseLinear<T, Cpu>>;
+  using Base::act_;
+  using Base::d_ff_;
+  using Base::down_;
+  using Base::gated_;
+  using Base::up_;
+
  public:
   using Scalar = T;
   using Backend = Cpu;
   using Linear = DenseLinear<T, Cpu>;
+  using Base::d_model;
+  using Base::d_out;
+  using Base::workspace_size;
 
   DenseFFN() = default;
 
   // y = down(act(up(x))): up: d_model -> d_ff, down: d_ff -> d_out.
   DenseFFN(Linear up, Linear down, Activation act = Activation::kGeluTanh)
-      : up_(std::move(up)), down_(std::move(down)), act_(act) {
-    detail::check_ffn_pieces(up_, down_);
-    d_ff_ = up_.out_features();
-  }
+      : Base(std::move(up), std::move(down), act) {}
 
   // SwiGLU: y = down(SiLU(gate(x)) * up(x)). Gate and up are stored as one [2 d_ff x d_model]
   // weight so a single GEMM produces both halves.
@@ -124,46 +132,8 @@ class DenseFFN<T, Cpu> {
       b.assign(gate.bias(), gate.bias() + f);
       b.insert(b.end(), up.bias(), up.bias() + f);
     }
-    DenseFFN ffn;
-    ffn.up_ = Linear(d, 2 * f, w.data(), b.empty() ? nullptr : b.data());
-    ffn.down_ = std::move(down);
-    ffn.act_ = Activation::kSilu;
-    ffn.gated_ = true;
-    ffn.d_ff_ = f;
-    return ffn;
-  }
-
-  // Seeded N(0, 0.02^2) weights and biases; d_out defaults to d_model.
-  static DenseFFN random(index_t d_model, index_t d_ff, Activation act, std::uint64_t seed,
-                         bool with_bias = true, index_t d_out = 0) {
-    if (d_out == 0) d_out = d_model;
-    return DenseFFN(Linear::random(d_model, d_ff, splitmix64(seed + 1), with_bias),
-                    Linear::random(d_ff, d_out, splitmix64(seed + 2), with_bias), act);
-  }
-  static DenseFFN random_swiglu(index_t d_model, index_t d_ff, std::uint64_t seed,
-                                bool with_bias = false, index_t d_out = 0) {
-    if (d_out == 0) d_out = d_model;
-    return swiglu(Linear::random(d_model, d_ff, splitmix64(seed + 3), with_bias),
-                  Linear::random(d_model, d_ff, splitmix64(seed + 4), with_bias),
-                  Linear::random(d_ff, d_out, splitmix64(seed + 5), with_bias));
-  }
-
-  index_t d_model() const { return up_.in_features(); }
-  index_t d_ff() const { return d_ff_; }
-  index_t d_out() const { return down_.out_features(); }
-  bool gated() const { return gated_; }
-  Activation activation() const { return act_; }
-  // For SwiGLU, rows [0, d_ff) of up() are the gate and rows [d_ff, 2 d_ff) the up projection.
-  const Linear& up() const { return up_; }
-  const Linear& down() const { return down_; }
-
-  index_t parameter_count() const { return up_.parameter_count() + down_.parameter_count(); }
-  double flops_per_token() const { return up_.flops_per_token() + down_.flops_per_token(); }
-
-  // Bytes of scratch `forward` needs for `tokens` rows: the hidden activations.
-  std::size_t workspace_size(index_t tokens) const {
-    return static_cast<std::size_t>(tokens) * static_cast<std::size_t>(up_.out_features()) *
-           sizeof(T);
+    return Base::make_gated(Linear(d, 2 * f, w.data(), b.empty() ? nullptr : b.data()),
+                            std::move(down), f);
   }
 
   // y = FFN(x). x: [tokens x d_model], y: [tokens x d_out]. With an empty `workspace` the hidden
@@ -190,13 +160,6 @@ class DenseFFN<T, Cpu> {
       down_.forward(MatrixView<const T>(h), y);
     }
   }
-
- private:
-  Linear up_;
-  Linear down_;
-  Activation act_ = Activation::kGeluTanh;
-  bool gated_ = false;
-  index_t d_ff_ = 0;
 };
 
 }  // namespace ffnkit

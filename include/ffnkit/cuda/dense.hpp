@@ -8,6 +8,7 @@
 
 #include "ffnkit/core.hpp"
 #include "ffnkit/cuda/device_api.hpp"
+#include "ffnkit/detail/dense_ffn_common.hpp"
 #include "ffnkit/detail/ffn_checks.hpp"
 
 namespace ffnkit {
@@ -142,21 +143,28 @@ class DeviceDenseLinear {
 };
 
 template <class T, class B>
-class DeviceDenseFFN {
+class DeviceDenseFFN : public DenseFFNCommon<DenseFFN<T, B>, DenseLinear<T, B>> {
+  using Base = DenseFFNCommon<DenseFFN<T, B>, DenseLinear<T, B>>;
+  using Base::act_;
+  using Base::d_ff_;
+  using Base::down_;
+  using Base::gated_;
+  using Base::up_;
+
  public:
   using Scalar = T;
   using Backend = B;
   using Api = DeviceApi<B>;
   using Stream = typename Api::Stream;
   using Linear = DenseLinear<T, B>;
+  using Base::d_model;
+  using Base::d_out;
+  using Base::workspace_size;
 
   DeviceDenseFFN() = default;
 
   DeviceDenseFFN(Linear up, Linear down, Activation act = Activation::kGeluTanh)
-      : up_(std::move(up)), down_(std::move(down)), act_(act) {
-    detail::check_ffn_pieces(up_, down_);
-    d_ff_ = up_.out_features();
-  }
+      : Base(std::move(up), std::move(down), act) {}
 
   static DenseFFN<T, B> swiglu(const Linear& gate, const Linear& up, Linear down) {
     detail::check_swiglu_pieces(gate, up, down);
@@ -169,44 +177,9 @@ class DeviceDenseFFN {
       const std::vector<T> bu = up.bias_host();
       b.insert(b.end(), bu.begin(), bu.end());
     }
-    DenseFFN<T, B> ffn;
-    ffn.up_ = Linear(gate.in_features(), 2 * gate.out_features(), w.data(),
-                     b.empty() ? nullptr : b.data());
-    ffn.down_ = std::move(down);
-    ffn.act_ = Activation::kSilu;
-    ffn.gated_ = true;
-    ffn.d_ff_ = gate.out_features();
-    return ffn;
-  }
-
-  static DenseFFN<T, B> random(index_t d_model, index_t d_ff, Activation act, std::uint64_t seed,
-                               bool with_bias = true, index_t d_out = 0) {
-    if (d_out == 0) d_out = d_model;
-    return DenseFFN<T, B>(Linear::random(d_model, d_ff, splitmix64(seed + 1), with_bias),
-                          Linear::random(d_ff, d_out, splitmix64(seed + 2), with_bias), act);
-  }
-  static DenseFFN<T, B> random_swiglu(index_t d_model, index_t d_ff, std::uint64_t seed,
-                                      bool with_bias = false, index_t d_out = 0) {
-    if (d_out == 0) d_out = d_model;
-    return swiglu(Linear::random(d_model, d_ff, splitmix64(seed + 3), with_bias),
-                  Linear::random(d_model, d_ff, splitmix64(seed + 4), with_bias),
-                  Linear::random(d_ff, d_out, splitmix64(seed + 5), with_bias));
-  }
-
-  index_t d_model() const { return up_.in_features(); }
-  index_t d_ff() const { return d_ff_; }
-  index_t d_out() const { return down_.out_features(); }
-  bool gated() const { return gated_; }
-  Activation activation() const { return act_; }
-  const Linear& up() const { return up_; }
-  const Linear& down() const { return down_; }
-  index_t parameter_count() const { return up_.parameter_count() + down_.parameter_count(); }
-  double flops_per_token() const { return up_.flops_per_token() + down_.flops_per_token(); }
-
-  // Device bytes of scratch for `tokens` rows: the hidden activations.
-  std::size_t workspace_size(index_t tokens) const {
-    return static_cast<std::size_t>(tokens) * static_cast<std::size_t>(up_.out_features()) *
-           sizeof(T);
+    return Base::make_gated(Linear(gate.in_features(), 2 * gate.out_features(), w.data(),
+                                   b.empty() ? nullptr : b.data()),
+                            std::move(down), gate.out_features());
   }
 
   // y = FFN(x) on device views; `workspace` is device memory of workspace_size(tokens) bytes, or
@@ -237,13 +210,6 @@ class DeviceDenseFFN {
     }
     if (owned.data()) stream.synchronize();  // the owned scratch is freed on return
   }
-
- private:
-  Linear up_;
-  Linear down_;
-  Activation act_ = Activation::kGeluTanh;
-  bool gated_ = false;
-  index_t d_ff_ = 0;
 };
 
 }  // namespace detail
