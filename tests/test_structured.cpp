@@ -19,78 +19,80 @@ using test::GuardedMatrix;
 
 // ---- the float64 oracle for each family, fed from the layer's own parameters --------------------
 
-template <class T>
+// A parameter of a layer on backend B, copied to the host in double.
+template <class B, class T>
 std::vector<double> p64(const ParamView<T>& p) {
-  return std::vector<double>(p.data, p.data + p.size);
+  return test::to_double(test::to_host<B>(p.data, p.size));
 }
 template <class L>
 std::vector<double> bias64(L& l) {
-  const auto b = l.bias_host();
-  return std::vector<double>(b.begin(), b.end());
+  return test::to_double(l.bias_host());
 }
 
-template <class T>
-std::vector<double> ref_forward(LowRankLinear<T>& l, const std::vector<double>& x, index_t t) {
+template <class T, class B>
+std::vector<double> ref_forward(LowRankLinear<T, B>& l, const std::vector<double>& x, index_t t) {
   auto p = l.params();
-  const auto v = p64(p[0]), u = p64(p[1]), b = bias64(l);
+  const auto v = p64<B>(p[0]), u = p64<B>(p[1]), b = bias64(l);
   return reference::lowrank_forward(x.data(), t, l.in_features(), v.data(), u.data(), l.rank(),
                                     b.empty() ? nullptr : b.data(), l.out_features());
 }
-template <class T>
-std::vector<double> ref_forward(BlockDiagonalLinear<T>& l, const std::vector<double>& x,
+template <class T, class B>
+std::vector<double> ref_forward(BlockDiagonalLinear<T, B>& l, const std::vector<double>& x,
                                 index_t t) {
   auto p = l.params();
-  const auto w = p64(p[0]), b = bias64(l);
+  const auto w = p64<B>(p[0]), b = bias64(l);
   return reference::block_diagonal_forward(x.data(), t, l.in_features(), w.data(), l.blocks(),
                                            b.empty() ? nullptr : b.data(), l.out_features());
 }
-template <class T>
-std::vector<double> ref_forward(BlockDenseLinear<T>& l, const std::vector<double>& x, index_t t) {
+template <class T, class B>
+std::vector<double> ref_forward(BlockDenseLinear<T, B>& l, const std::vector<double>& x,
+                                index_t t) {
   auto p = l.params();
-  const auto v = p64(p[0]), u = p64(p[1]), b = bias64(l);
+  const auto v = p64<B>(p[0]), u = p64<B>(p[1]), b = bias64(l);
   return reference::block_dense_forward(x.data(), t, l.in_features(), v.data(), l.blocks(),
                                         l.rank(), u.data(), b.empty() ? nullptr : b.data(),
                                         l.out_features());
 }
-template <class T>
-std::vector<double> ref_forward(BlockShuffleLinear<T>& l, const std::vector<double>& x, index_t t) {
+template <class T, class B>
+std::vector<double> ref_forward(BlockShuffleLinear<T, B>& l, const std::vector<double>& x,
+                                index_t t) {
   auto p = l.params();
-  const auto w1 = p64(p[0]), w2 = p64(p[1]), b = bias64(l);
+  const auto w1 = p64<B>(p[0]), w2 = p64<B>(p[1]), b = bias64(l);
   return reference::block_shuffle_forward(x.data(), t, l.in_features(), w1.data(), w2.data(),
                                           l.blocks(), b.empty() ? nullptr : b.data(),
                                           l.out_features());
 }
 
-template <class T>
-reference::StructuredGrads ref_backward(LowRankLinear<T>& l, const std::vector<double>& x,
+template <class T, class B>
+reference::StructuredGrads ref_backward(LowRankLinear<T, B>& l, const std::vector<double>& x,
                                         const std::vector<double>& dy, index_t t) {
   auto p = l.params();
-  const auto v = p64(p[0]), u = p64(p[1]);
+  const auto v = p64<B>(p[0]), u = p64<B>(p[1]);
   return reference::lowrank_backward(x.data(), dy.data(), t, l.in_features(), v.data(), u.data(),
                                      l.rank(), l.out_features(), l.has_bias());
 }
-template <class T>
-reference::StructuredGrads ref_backward(BlockDiagonalLinear<T>& l, const std::vector<double>& x,
+template <class T, class B>
+reference::StructuredGrads ref_backward(BlockDiagonalLinear<T, B>& l, const std::vector<double>& x,
                                         const std::vector<double>& dy, index_t t) {
   auto p = l.params();
-  const auto w = p64(p[0]);
+  const auto w = p64<B>(p[0]);
   return reference::block_diagonal_backward(x.data(), dy.data(), t, l.in_features(), w.data(),
                                             l.blocks(), l.out_features(), l.has_bias());
 }
-template <class T>
-reference::StructuredGrads ref_backward(BlockDenseLinear<T>& l, const std::vector<double>& x,
+template <class T, class B>
+reference::StructuredGrads ref_backward(BlockDenseLinear<T, B>& l, const std::vector<double>& x,
                                         const std::vector<double>& dy, index_t t) {
   auto p = l.params();
-  const auto v = p64(p[0]), u = p64(p[1]);
+  const auto v = p64<B>(p[0]), u = p64<B>(p[1]);
   return reference::block_dense_backward(x.data(), dy.data(), t, l.in_features(), v.data(),
                                          l.blocks(), l.rank(), u.data(), l.out_features(),
                                          l.has_bias());
 }
-template <class T>
-reference::StructuredGrads ref_backward(BlockShuffleLinear<T>& l, const std::vector<double>& x,
+template <class T, class B>
+reference::StructuredGrads ref_backward(BlockShuffleLinear<T, B>& l, const std::vector<double>& x,
                                         const std::vector<double>& dy, index_t t) {
   auto p = l.params();
-  const auto w1 = p64(p[0]), w2 = p64(p[1]);
+  const auto w1 = p64<B>(p[0]), w2 = p64<B>(p[1]);
   return reference::block_shuffle_backward(x.data(), dy.data(), t, l.in_features(), w1.data(),
                                            w2.data(), l.blocks(), l.out_features(), l.has_bias());
 }
@@ -100,25 +102,25 @@ reference::StructuredGrads ref_backward(BlockShuffleLinear<T>& l, const std::vec
 
 // Calls fn(name, layer) for each family at in = n, out = m with `blocks` blocks (which must divide
 // n and m) and a rank that fits every family's constraints.
-template <class T, class Fn>
+template <class T, class B = Cpu, class Fn>
 void for_each_family(index_t n, index_t m, index_t blocks, std::uint64_t seed, bool bias, Fn&& fn) {
   const index_t small = std::min(n, m);
   const index_t lr_rank = std::max<index_t>(1, small / 3);
   index_t bd_rank = (small - 1) / blocks * blocks;  // below min(n, m), a multiple of blocks
   {
-    auto l = LowRankLinear<T>::random(n, m, lr_rank, seed, bias);
+    auto l = LowRankLinear<T, B>::random(n, m, lr_rank, seed, bias);
     fn("LowRank", l);
   }
   {
-    auto l = BlockDiagonalLinear<T>::random(n, m, blocks, seed, bias);
+    auto l = BlockDiagonalLinear<T, B>::random(n, m, blocks, seed, bias);
     fn("BlockDiagonal", l);
   }
   if (bd_rank >= blocks) {
-    auto l = BlockDenseLinear<T>::random(n, m, blocks, bd_rank, seed, bias);
+    auto l = BlockDenseLinear<T, B>::random(n, m, blocks, bd_rank, seed, bias);
     fn("BlockDense", l);
   }
   {
-    auto l = BlockShuffleLinear<T>::random(n, m, blocks, seed, bias);
+    auto l = BlockShuffleLinear<T, B>::random(n, m, blocks, seed, bias);
     fn("BlockShuffle", l);
   }
 }
@@ -129,9 +131,14 @@ class StructuredTest : public ::testing::Test {
   using T = typename P::Scalar;
   using B = typename P::Backend;
 };
-using CpuCombos =
-    ::testing::Types<test::Combo<float, Cpu>, test::Combo<double, Cpu>>;  // device: issue 4 CUDA
-TYPED_TEST_SUITE(StructuredTest, CpuCombos, test::ComboName);
+using Combos = ::testing::Types<FFNKIT_ALL_COMBOS>;
+TYPED_TEST_SUITE(StructuredTest, Combos, test::ComboName);
+
+// What runs on the Cpu backend only (pre-merge's calibration times host code).
+template <class P>
+class StructuredCpuTest : public StructuredTest<P> {};
+using CpuCombos = ::testing::Types<test::Combo<float, Cpu>, test::Combo<double, Cpu>>;
+TYPED_TEST_SUITE(StructuredCpuTest, CpuCombos, test::ComboName);
 
 // in, out, blocks: up and down projections, square, blocks 1..4, widths not multiples of 8.
 const std::vector<std::tuple<index_t, index_t, index_t>> kShapes = {
@@ -139,70 +146,89 @@ const std::vector<std::tuple<index_t, index_t, index_t>> kShapes = {
 
 TYPED_TEST(StructuredTest, ForwardMatchesBothOraclesWithGuards) {
   using T = typename TestFixture::T;
-  for (auto [n, m, blocks] : kShapes) {
-    for (index_t tokens : {1, 7, 33, 255}) {
-      for (bool bias : {true, false}) {
-        for_each_family<T>(n, m, blocks, 17 + n + m, bias, [&](const char* name, auto& layer) {
-          SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m << " blocks="
-                                          << blocks << " tokens=" << tokens << " bias=" << bias);
-          GuardedMatrix<T> x(tokens, n, 3), y(tokens, m, 2);
-          x.set(test::random_vector<T>(tokens * n, 5 + tokens));
-          layer.forward(x.cview(), y.view());
-          ASSERT_TRUE(y.guards_intact());
-          const auto xd = x.to_double();
-          // Oracle 1: the naive per-factor formulas of SPEC §1.2–1.5.
-          EXPECT_TRUE(test::within_tolerance<T>(
-              test::compare(y.data(), tokens, m, y.stride(), ref_forward(layer, xd, tokens))));
-          // Oracle 2: the dense forward of the layer's own materialize().
-          const auto w = test::to_double(layer.materialize());
-          const auto b = bias64(layer);
-          const auto dense =
-              reference::linear(xd.data(), tokens, n, w.data(), b.empty() ? nullptr : b.data(), m);
-          EXPECT_TRUE(
-              test::within_tolerance<T>(test::compare(y.data(), tokens, m, y.stride(), dense)));
-        });
+  using B = typename TestFixture::B;
+  FFNKIT_SKIP_IF_UNAVAILABLE(B);
+  test::for_each_schedule<B>([&] {
+    for (auto [n, m, blocks] : kShapes) {
+      for (index_t tokens : {1, 7, 33, 255}) {
+        for (bool bias : {true, false}) {
+          for_each_family<T, B>(n, m, blocks, 17 + n + m, bias, [&](const char* name, auto& layer) {
+            SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m << " blocks="
+                                            << blocks << " tokens=" << tokens << " bias=" << bias);
+            GuardedMatrix<T> x(tokens, n, 3), y(tokens, m, 2);
+            x.set(test::random_vector<T>(tokens * n, 5 + tokens));
+            {
+              test::BackendMatrix<B, T> xb(x), yb(y);
+              layer.forward(xb.cview(), yb.view());
+              yb.sync_to_host();
+            }
+            ASSERT_TRUE(y.guards_intact());
+            const auto xd = x.to_double();
+            // Oracle 1: the naive per-factor formulas of SPEC §1.2–1.5.
+            EXPECT_TRUE(test::within_tolerance<T>(
+                test::compare(y.data(), tokens, m, y.stride(), ref_forward(layer, xd, tokens))));
+            // Oracle 2: the dense forward of the layer's own materialize().
+            const auto w = test::to_double(layer.materialize());
+            const auto b = bias64(layer);
+            const auto dense = reference::linear(xd.data(), tokens, n, w.data(),
+                                                 b.empty() ? nullptr : b.data(), m);
+            EXPECT_TRUE(
+                test::within_tolerance<T>(test::compare(y.data(), tokens, m, y.stride(), dense)));
+          });
+        }
       }
     }
-  }
+  });
 }
 
 TYPED_TEST(StructuredTest, BackwardMatchesOracleAndMaterializedDenseGradient) {
   using T = typename TestFixture::T;
-  for (auto [n, m, blocks] : kShapes) {
-    for (index_t tokens : {1, 33}) {
-      for_each_family<T>(n, m, blocks, 5 + n, true, [&](const char* name, auto& layer) {
-        SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m
-                                        << " blocks=" << blocks << " tokens=" << tokens);
-        GuardedMatrix<T> x(tokens, n, 1), dy(tokens, m, 1), dx(tokens, n, 2);
-        x.set(test::random_vector<T>(tokens * n, 1 + tokens));
-        dy.set(test::random_vector<T>(tokens * m, 2 + tokens));
-        auto grads = make_grads(layer.params());
-        layer.backward(x.cview(), dy.cview(), dx.view(), grads);
-        ASSERT_TRUE(dx.guards_intact());
-        const auto xd = x.to_double(), dyd = dy.to_double();
-        const auto ref = ref_backward(layer, xd, dyd, tokens);
-        EXPECT_TRUE(
-            test::within_tolerance<T>(test::compare(dx.data(), tokens, n, dx.stride(), ref.dx)));
-        ASSERT_EQ(grads.size(), ref.factors.size() + 1);
-        for (std::size_t i = 0; i < ref.factors.size(); ++i) {
-          SCOPED_TRACE(testing::Message() << "factor " << i);
-          const auto& g = grads[i];
+  using B = typename TestFixture::B;
+  FFNKIT_SKIP_IF_UNAVAILABLE(B);
+  test::for_each_schedule<B>([&] {
+    for (auto [n, m, blocks] : kShapes) {
+      for (index_t tokens : {1, 33}) {
+        for_each_family<T, B>(n, m, blocks, 5 + n, true, [&](const char* name, auto& layer) {
+          SCOPED_TRACE(testing::Message() << name << " in=" << n << " out=" << m
+                                          << " blocks=" << blocks << " tokens=" << tokens);
+          GuardedMatrix<T> x(tokens, n, 1), dy(tokens, m, 1), dx(tokens, n, 2);
+          x.set(test::random_vector<T>(tokens * n, 1 + tokens));
+          dy.set(test::random_vector<T>(tokens * m, 2 + tokens));
+          auto grads_b = test::grads_for(layer);
+          {
+            test::BackendMatrix<B, T> xb(x), dyb(dy), dxb(dx);
+            layer.backward(xb.cview(), dyb.cview(), dxb.view(), grads_b);
+            dxb.sync_to_host();
+          }
+          std::vector<std::vector<T>> grads;
+          for (const auto& g : grads_b) grads.push_back(test::grad_host(g));
+          ASSERT_TRUE(dx.guards_intact());
+          const auto xd = x.to_double(), dyd = dy.to_double();
+          const auto ref = ref_backward(layer, xd, dyd, tokens);
+          EXPECT_TRUE(
+              test::within_tolerance<T>(test::compare(dx.data(), tokens, n, dx.stride(), ref.dx)));
+          ASSERT_EQ(grads.size(), ref.factors.size() + 1);
+          for (std::size_t i = 0; i < ref.factors.size(); ++i) {
+            SCOPED_TRACE(testing::Message() << "factor " << i);
+            const auto& g = grads[i];
+            EXPECT_TRUE(test::within_tolerance<T>(
+                test::compare(g.data(), 1, static_cast<index_t>(g.size()),
+                              static_cast<index_t>(g.size()), ref.factors[i])));
+          }
+          EXPECT_TRUE(
+              test::within_tolerance<T>(test::compare(grads.back().data(), 1, m, m, ref.db)));
+          // dx = dy W for the materialized W: the structured chain rule agrees with the dense one.
+          const auto w = test::to_double(layer.materialize());
+          std::vector<double> wt(static_cast<std::size_t>(n * m));
+          for (index_t i = 0; i < m; ++i)
+            for (index_t j = 0; j < n; ++j) wt[j * m + i] = w[i * n + j];
+          const auto dense_dx = reference::linear(dyd.data(), tokens, m, wt.data(), nullptr, n);
           EXPECT_TRUE(test::within_tolerance<T>(
-              test::compare(g.data(), 1, static_cast<index_t>(g.size()),
-                            static_cast<index_t>(g.size()), ref.factors[i])));
-        }
-        EXPECT_TRUE(test::within_tolerance<T>(test::compare(grads.back().data(), 1, m, m, ref.db)));
-        // dx = dy W for the materialized W: the structured chain rule agrees with the dense one.
-        const auto w = test::to_double(layer.materialize());
-        std::vector<double> wt(static_cast<std::size_t>(n * m));
-        for (index_t i = 0; i < m; ++i)
-          for (index_t j = 0; j < n; ++j) wt[j * m + i] = w[i * n + j];
-        const auto dense_dx = reference::linear(dyd.data(), tokens, m, wt.data(), nullptr, n);
-        EXPECT_TRUE(
-            test::within_tolerance<T>(test::compare(dx.data(), tokens, n, dx.stride(), dense_dx)));
-      });
+              test::compare(dx.data(), tokens, n, dx.stride(), dense_dx)));
+        });
+      }
     }
-  }
+  });
 }
 
 // Checks backward's gradients (every parameter entry, and x) against central differences of
@@ -395,13 +421,19 @@ std::vector<double> materialized(const L& l) {
 
 TYPED_TEST(StructuredTest, FfnMatchesDenseOracleOfMaterializedProjections) {
   using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  FFNKIT_SKIP_IF_UNAVAILABLE(B);
   const index_t d = 24, f = 96;
   auto check = [&](const char* name, auto ffn) {
     for (index_t tokens : {1, 7, 33}) {
       SCOPED_TRACE(testing::Message() << name << " tokens=" << tokens);
       GuardedMatrix<T> x(tokens, d, 2), y(tokens, d, 1);
       x.set(test::random_vector<T>(tokens * d, 3 + tokens));
-      ffn.forward(x.cview(), y.view());
+      test::for_each_schedule<B>([&] {
+        test::BackendMatrix<B, T> xb(x), yb(y);
+        ffn.forward(xb.cview(), yb.view());
+        yb.sync_to_host();
+      });
       ASSERT_TRUE(y.guards_intact());
       const auto xd = x.to_double();
       const auto w1 = materialized(ffn.up()), w2 = materialized(ffn.down());
@@ -419,9 +451,9 @@ TYPED_TEST(StructuredTest, FfnMatchesDenseOracleOfMaterializedProjections) {
       EXPECT_TRUE(test::within_tolerance<T>(test::compare(y.data(), tokens, d, y.stride(), ref)));
     }
   };
-  using LR = LowRankLinear<T>;
-  using BD = BlockDenseLinear<T>;
-  using BS = BlockShuffleLinear<T>;
+  using LR = LowRankLinear<T, B>;
+  using BD = BlockDenseLinear<T, B>;
+  using BS = BlockShuffleLinear<T, B>;
   check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 6, 1), LR::random(f, d, 6, 2)));
   check("blockdense relu", StructuredFFN<BD, BD>(BD::random(d, f, 2, 12, 1),
                                                  BD::random(f, d, 2, 12, 2), Activation::kRelu));
@@ -437,6 +469,92 @@ TYPED_TEST(StructuredTest, FfnMatchesDenseOracleOfMaterializedProjections) {
   check("blockshuffle swiglu",
         StructuredFFN<BS, BS>::swiglu(BS::random(d, f, 4, 3), BS::random(d, f, 4, 4),
                                       BS::random(f, d, 4, 5)));
+}
+
+// The same layer on the Cpu backend in double, built from the layer's own (rounded) parameters.
+template <class T, class B>
+LowRankLinear<double> cpu_double(LowRankLinear<T, B>& l) {
+  auto p = l.params();
+  const auto v = p64<B>(p[0]), u = p64<B>(p[1]), b = bias64(l);
+  return LowRankLinear<double>(l.in_features(), l.out_features(), l.rank(), v.data(), u.data(),
+                               b.empty() ? nullptr : b.data());
+}
+template <class T, class B>
+BlockDenseLinear<double> cpu_double(BlockDenseLinear<T, B>& l) {
+  auto p = l.params();
+  const auto v = p64<B>(p[0]), u = p64<B>(p[1]), b = bias64(l);
+  return BlockDenseLinear<double>(l.in_features(), l.out_features(), l.blocks(), l.rank(), v.data(),
+                                  u.data(), b.empty() ? nullptr : b.data());
+}
+template <class T, class B>
+BlockShuffleLinear<double> cpu_double(BlockShuffleLinear<T, B>& l) {
+  auto p = l.params();
+  const auto w1 = p64<B>(p[0]), w2 = p64<B>(p[1]), b = bias64(l);
+  return BlockShuffleLinear<double>(l.in_features(), l.out_features(), l.blocks(), w1.data(),
+                                    w2.data(), b.empty() ? nullptr : b.data());
+}
+
+// Backward of the FFN on every backend against the Cpu backward in double of the same weights
+// (itself checked against finite differences below): dx and every parameter's gradient.
+TYPED_TEST(StructuredTest, FfnBackwardMatchesCpuDoubleBackward) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  FFNKIT_SKIP_IF_UNAVAILABLE(B);
+  const index_t d = 24, f = 96;
+  auto check = [&](const char* name, auto ffn, auto ref) {
+    for (index_t tokens : {1, 33}) {
+      SCOPED_TRACE(testing::Message() << name << " tokens=" << tokens);
+      GuardedMatrix<T> x(tokens, d, 1), dy(tokens, d, 2), dx(tokens, d, 3);
+      x.set(test::random_vector<T>(tokens * d, 7 + tokens));
+      dy.set(test::random_vector<T>(tokens * d, 8 + tokens));
+      auto grads_b = test::grads_for(ffn);
+      test::for_each_schedule<B>([&] {
+        test::BackendMatrix<B, T> xb(x), dyb(dy), dxb(dx);
+        ffn.backward(xb.cview(), dyb.cview(), dxb.view(), grads_b);
+        dxb.sync_to_host();
+      });
+      ASSERT_TRUE(dx.guards_intact());
+      const auto xd = x.to_double(), dyd = dy.to_double();
+      std::vector<double> dx_ref(static_cast<std::size_t>(tokens * d));
+      auto g_ref = make_grads(ref.params());
+      ref.backward(make_view<const double>(xd.data(), tokens, d),
+                   make_view<const double>(dyd.data(), tokens, d),
+                   make_view(dx_ref.data(), tokens, d), g_ref);
+      EXPECT_TRUE(
+          test::within_tolerance<T>(test::compare(dx.data(), tokens, d, dx.stride(), dx_ref)));
+      ASSERT_EQ(grads_b.size(), g_ref.size());
+      const auto names = ref.params();
+      for (std::size_t i = 0; i < g_ref.size(); ++i) {
+        SCOPED_TRACE(names[i].name);
+        const auto g = test::grad_host(grads_b[i]);
+        const auto n = static_cast<index_t>(g.size());
+        EXPECT_TRUE(test::within_tolerance<T>(test::compare(g.data(), 1, n, n, g_ref[i])));
+      }
+    }
+  };
+  using LR = LowRankLinear<T, B>;
+  using BD = BlockDenseLinear<T, B>;
+  using BS = BlockShuffleLinear<T, B>;
+  {
+    StructuredFFN<LR, LR> ffn(LR::random(d, f, 6, 1), LR::random(f, d, 6, 2));
+    StructuredFFN<LowRankLinear<double>, LowRankLinear<double>> ref(cpu_double(ffn.up()),
+                                                                    cpu_double(ffn.down()));
+    check("lowrank gelu", std::move(ffn), std::move(ref));
+  }
+  {
+    StructuredFFN<BD, BS> ffn(BD::random(d, f, 2, 12, 1), BS::random(f, d, 4, 2),
+                              Activation::kRelu);
+    StructuredFFN<BlockDenseLinear<double>, BlockShuffleLinear<double>> ref(
+        cpu_double(ffn.up()), cpu_double(ffn.down()), Activation::kRelu);
+    check("blockdense/shuffle relu", std::move(ffn), std::move(ref));
+  }
+  {
+    auto ffn = StructuredFFN<BS, BS>::swiglu(BS::random(d, f, 4, 3), BS::random(d, f, 4, 4),
+                                             BS::random(f, d, 4, 5));
+    auto ref = StructuredFFN<BlockShuffleLinear<double>, BlockShuffleLinear<double>>::swiglu(
+        cpu_double(const_cast<BS&>(ffn.gate())), cpu_double(ffn.up()), cpu_double(ffn.down()));
+    check("blockshuffle swiglu", std::move(ffn), std::move(ref));
+  }
 }
 
 TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
@@ -470,7 +588,7 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
 
 // ---- pre-merge (SPEC §1.8) ----------------------------------------------------------------------
 
-TYPED_TEST(StructuredTest, PreMergedBothPathsMatchTheOracle) {
+TYPED_TEST(StructuredCpuTest, PreMergedBothPathsMatchTheOracle) {
   using T = typename TestFixture::T;
   auto pm = PreMerged<BlockShuffleLinear<T>>(BlockShuffleLinear<T>::random(24, 40, 4, 3));
   for (auto path : {decltype(pm)::Path::kStructured, decltype(pm)::Path::kDense}) {

@@ -20,9 +20,15 @@ template <class T, class Backend = Cpu>
 class BlockDenseLinear;
 template <class T, class Backend = Cpu>
 class BlockShuffleLinear;
+template <class Up, class Down, class Backend = typename Up::Backend>
+class StructuredFFN;
 
 }  // namespace ffnkit
 
 #include "ffnkit/cpu/premerge.hpp"
 #include "ffnkit/cpu/structured.hpp"
 #include "ffnkit/cpu/structured_ffn.hpp"
+#if defined(FFNKIT_WITH_CUDA) || defined(FFNKIT_WITH_CUDA_EMU)
+#include "ffnkit/cuda/structured.hpp"
+#include "ffnkit/cuda/structured_ffn.hpp"
+#endif

@@ -302,6 +302,40 @@ class BackendMatrix {
   BackendBuffer<B, T> buf_;
 };
 
+// `n` elements at `p` in backend B's memory, copied to the host.
+template <class B, class T>
+std::vector<T> to_host(const T* p, index_t n) {
+#if defined(FFNKIT_WITH_CUDA) || defined(FFNKIT_WITH_CUDA_EMU)
+  if constexpr (!std::is_same<B, Cpu>::value) {
+    std::vector<T> v(static_cast<std::size_t>(n));
+    using Api = detail::DeviceApi<B>;
+    Api::copy(v.data(), p, v.size() * sizeof(T), Api::CopyKind::kDeviceToHost,
+              typename Api::Stream());
+    return v;
+  }
+#endif
+  return std::vector<T>(p, p + n);
+}
+
+// A layer's gradient buffers on its backend (host vectors on Cpu, device buffers otherwise), and
+// one of them copied to the host.
+template <class L>
+auto grads_for(L& layer) {
+  if constexpr (std::is_same<typename L::Backend, Cpu>::value) {
+    return make_grads(layer.params());
+  } else {
+    return layer.make_grads();
+  }
+}
+template <class T>
+std::vector<T> grad_host(const std::vector<T>& g) {
+  return g;
+}
+template <class G>
+auto grad_host(const G& g) -> decltype(g.to_host()) {
+  return g.to_host();
+}
+
 // Runs `fn` once per schedule order that matters for B: the emulator's kernels run under the
 // forward order and a seeded shuffle (SPEC §3: every kernel test under at least two orders).
 template <class B, class Fn>

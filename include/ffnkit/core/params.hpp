@@ -32,9 +32,9 @@ GradList<T> make_grads(const std::vector<ParamView<T>>& params) {
 }
 
 // Checks that `grads` matches `params` in count and sizes (backward resizes nothing silently).
-template <class T>
-void check_grads(const char* where, const std::vector<ParamView<T>>& params,
-                 const GradList<T>& grads) {
+// Grads: GradList<T> on Cpu, or a list of device buffers on the device backends.
+template <class T, class Grads>
+void check_grads(const char* where, const std::vector<ParamView<T>>& params, const Grads& grads) {
   if (grads.size() != params.size())
     fail(where, "grads.size() = ", grads.size(),
          ", expected one buffer per parameter = ", params.size());

@@ -15,6 +15,7 @@
 #include "ffnkit/cpu/init.hpp"
 #include "ffnkit/cpu/parallel.hpp"
 #include "ffnkit/cpu/structured_ops.hpp"
+#include "ffnkit/detail/structured_checks.hpp"
 
 namespace ffnkit {
 namespace detail {
@@ -61,24 +62,13 @@ class CpuStructuredBase {
   void check_forward(const char* where, const MatrixView<const T>& x,
                      const MatrixView<T>& y) const {
     check_ready(where);
-    check_activation(where, "x", x, in_, "in_features");
-    check_activation(where, "y", y, out_, "out_features");
-    check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, y);
+    check_structured_forward(where, in_, out_, x, y);
   }
 
   void check_backward(const char* where, const MatrixView<const T>& x,
                       const MatrixView<const T>& dy, const MatrixView<T>& dx) const {
     check_ready(where);
-    check_activation(where, "x", x, in_, "in_features");
-    check_activation(where, "dy", dy, out_, "out_features");
-    check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
-    if (dx.data) {
-      check_activation(where, "dx", dx, in_, "in_features");
-      check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-      check_no_overlap(where, x, dx);
-      check_no_overlap(where, dy, dx);
-    }
+    check_structured_backward(where, in_, out_, x, dy, dx);
   }
 
   // Scratch of `elements` T: the caller's workspace when given (checked), else owned.
@@ -138,11 +128,8 @@ class LowRankLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   LowRankLinear(index_t in_features, index_t out_features, index_t rank, const T* lr1, const T* lr2,
                 const T* bias) {
     constexpr const char* where = "LowRankLinear";
+    detail::check_lowrank_args(where, in_features, out_features, rank);
     this->init_base(where, in_features, out_features, bias);
-    check_positive(where, "rank", rank);
-    if (rank > std::min(in_features, out_features))
-      fail(where, "rank = ", rank,
-           " exceeds min(in_features, out_features) = ", std::min(in_features, out_features));
     rank_ = rank;
     v_ = Base::copy_factor(where, "lr1", lr1, rank * in_features);
     u_ = Base::copy_factor(where, "lr2", lr2, out_features * rank);
@@ -151,12 +138,7 @@ class LowRankLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   // Spectral init: U V is the best rank-R approximation of a dense N(0, stddev²) draw.
   static LowRankLinear random(index_t in_features, index_t out_features, index_t rank,
                               std::uint64_t seed, bool with_bias = true, double stddev = 0.02) {
-    check_positive("LowRankLinear::random", "rank", rank);
-    check_positive("LowRankLinear::random", "in_features", in_features);
-    check_positive("LowRankLinear::random", "out_features", out_features);
-    if (rank > std::min(in_features, out_features))
-      fail("LowRankLinear::random", "rank = ", rank,
-           " exceeds min(in_features, out_features) = ", std::min(in_features, out_features));
+    detail::check_lowrank_args("LowRankLinear::random", in_features, out_features, rank);
     cpu::MatrixXdRow u, v;
     cpu::spectral_factors(out_features, in_features, rank, seed, stddev, &u, &v);
     std::vector<T> b(static_cast<std::size_t>(out_features));
@@ -234,9 +216,8 @@ class BlockDiagonalLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   BlockDiagonalLinear(index_t in_features, index_t out_features, index_t blocks, const T* weight,
                       const T* bias) {
     constexpr const char* where = "BlockDiagonalLinear";
+    detail::check_block_diagonal_args(where, in_features, out_features, blocks);
     this->init_base(where, in_features, out_features, bias);
-    check_divides(where, "blocks", blocks, "in_features", in_features);
-    check_divides(where, "blocks", blocks, "out_features", out_features);
     blocks_ = blocks;
     w_ = Base::copy_factor(where, "weight", weight, out_features * in_features / blocks);
   }
@@ -245,11 +226,8 @@ class BlockDiagonalLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   static BlockDiagonalLinear random(index_t in_features, index_t out_features, index_t blocks,
                                     std::uint64_t seed, bool with_bias = true,
                                     double bias_stddev = 0.02) {
-    constexpr const char* where = "BlockDiagonalLinear::random";
-    check_positive(where, "in_features", in_features);
-    check_positive(where, "out_features", out_features);
-    check_divides(where, "blocks", blocks, "in_features", in_features);
-    check_divides(where, "blocks", blocks, "out_features", out_features);
+    detail::check_block_diagonal_args("BlockDiagonalLinear::random", in_features, out_features,
+                                      blocks);
     const index_t p = in_features / blocks, s = out_features / blocks;
     std::vector<T> w;
     for (index_t b = 0; b < blocks; ++b) {
@@ -321,8 +299,8 @@ class BlockDenseLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   BlockDenseLinear(index_t in_features, index_t out_features, index_t blocks, index_t rank,
                    const T* blkdiag, const T* lr, const T* bias) {
     constexpr const char* where = "BlockDenseLinear";
+    detail::check_block_dense_args(where, in_features, out_features, blocks, rank);
     this->init_base(where, in_features, out_features, bias);
-    check_args(where, in_features, out_features, blocks, rank);
     blocks_ = blocks;
     rank_ = rank;
     v_ = Base::copy_factor(where, "blkdiag", blkdiag, rank * in_features / blocks);
@@ -333,9 +311,8 @@ class BlockDenseLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   static BlockDenseLinear random(index_t in_features, index_t out_features, index_t blocks,
                                  index_t rank, std::uint64_t seed, bool with_bias = true,
                                  double bias_stddev = 0.02) {
-    check_positive("BlockDenseLinear::random", "in_features", in_features);
-    check_positive("BlockDenseLinear::random", "out_features", out_features);
-    check_args("BlockDenseLinear::random", in_features, out_features, blocks, rank);
+    detail::check_block_dense_args("BlockDenseLinear::random", in_features, out_features, blocks,
+                                   rank);
     const index_t p = in_features / blocks, r = rank / blocks;
     std::vector<T> v;
     for (index_t b = 0; b < blocks; ++b) {
@@ -407,15 +384,6 @@ class BlockDenseLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   }
 
  private:
-  static void check_args(const char* where, index_t in, index_t out, index_t blocks, index_t rank) {
-    check_positive(where, "rank", rank);
-    check_divides(where, "blocks", blocks, "in_features", in);
-    check_divides(where, "blocks", blocks, "rank", rank);
-    if (rank >= std::min(in, out))
-      fail(where, "rank = ", rank,
-           " must be below min(in_features, out_features) = ", std::min(in, out));
-  }
-
   index_t blocks_ = 0;
   index_t rank_ = 0;
   std::vector<T> v_, u_;
@@ -435,8 +403,8 @@ class BlockShuffleLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   BlockShuffleLinear(index_t in_features, index_t out_features, index_t blocks, const T* blkdiag1,
                      const T* blkdiag2, const T* bias) {
     constexpr const char* where = "BlockShuffleLinear";
+    detail::check_block_diagonal_args(where, in_features, out_features, blocks);
     this->init_base(where, in_features, out_features, bias);
-    check_args(where, in_features, out_features, blocks);
     blocks_ = blocks;
     q_ = std::min(in_features, out_features) / blocks;
     w1_ = Base::copy_factor(where, "blkdiag1", blkdiag1, blocks * q_ * (in_features / blocks));
@@ -446,9 +414,8 @@ class BlockShuffleLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   static BlockShuffleLinear random(index_t in_features, index_t out_features, index_t blocks,
                                    std::uint64_t seed, bool with_bias = true,
                                    double bias_stddev = 0.02) {
-    check_positive("BlockShuffleLinear::random", "in_features", in_features);
-    check_positive("BlockShuffleLinear::random", "out_features", out_features);
-    check_args("BlockShuffleLinear::random", in_features, out_features, blocks);
+    detail::check_block_diagonal_args("BlockShuffleLinear::random", in_features, out_features,
+                                      blocks);
     const index_t q = std::min(in_features, out_features) / blocks;
     const index_t p = in_features / blocks, s = out_features / blocks;
     std::vector<T> w1, w2;
@@ -541,11 +508,6 @@ class BlockShuffleLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
   }
 
  private:
-  static void check_args(const char* where, index_t in, index_t out, index_t blocks) {
-    check_divides(where, "blocks", blocks, "in_features", in);
-    check_divides(where, "blocks", blocks, "out_features", out);
-  }
-
   // Stage 1 into z, then permute each row in place so stage-2 block b's inputs are contiguous:
   // z'[b q + r] = z[r B + b].
   void stage1(const MatrixView<const T>& x, const MatrixView<T>& z) const {

@@ -15,13 +15,12 @@
 namespace ffnkit {
 
 template <class Up, class Down>
-class StructuredFFN {
+class StructuredFFN<Up, Down, Cpu> {
  public:
   using Scalar = typename Up::Scalar;
   using Backend = typename Up::Backend;
   using T = Scalar;
   static_assert(std::is_same<typename Down::Scalar, T>::value, "Up and Down share a scalar type");
-  static_assert(std::is_same<Backend, Cpu>::value, "StructuredFFN runs on the Cpu backend");
 
   StructuredFFN() = default;
 

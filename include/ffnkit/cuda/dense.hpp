@@ -120,20 +120,8 @@ class DeviceDenseLinear {
   }
 
  private:
-  using Buffer = typename Api::template Buffer<T>;
-  static Buffer clone(const Buffer& b) {
-    Buffer out(b.size());
-    const Stream stream;
-    Api::copy(out.data(), b.data(), b.bytes(), Api::CopyKind::kDeviceToDevice, stream);
-    stream.synchronize();  // later work may run on any (non-blocking) stream
-    return out;
-  }
-
-  static void check_host_finite(const char* where, const char* name, const T* p, index_t n) {
-    for (index_t i = 0; i < n; ++i) {
-      const double v = HostScalar<T>::to_double(p[i]);
-      if (!std::isfinite(v)) fail(where, name, "[", i, "] = ", v, " is not finite");
-    }
+  static typename Api::template Buffer<T> clone(const typename Api::template Buffer<T>& b) {
+    return clone_buffer<B>(b);
   }
 
   index_t in_ = 0;

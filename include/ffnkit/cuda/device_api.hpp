@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -55,6 +56,34 @@ struct DeviceApi;
     static Status swiglu(A&&... a) {                                                \
       return ns::SwiGlu<T>(std::forward<A>(a)...);                                  \
     }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status transpose_blocks(A&&... a) {                                      \
+      return ns::TransposeBlocks<T>(std::forward<A>(a)...);                         \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status column_sum(A&&... a) {                                            \
+      return ns::ColumnSum<T>(std::forward<A>(a)...);                               \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status axpby(A&&... a) {                                                 \
+      return ns::Axpby<T>(std::forward<A>(a)...);                                   \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status activation_grad(A&&... a) {                                       \
+      return ns::ActivationGrad<T>(std::forward<A>(a)...);                          \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status swiglu_grad(A&&... a) {                                           \
+      return ns::SwiGluGrad<T>(std::forward<A>(a)...);                              \
+    }                                                                               \
+    template <class... A>                                                           \
+    static void gemm_strided_batched(A&&... a) {                                    \
+      ns::gemm_strided_batched(std::forward<A>(a)...);                              \
+    }                                                                               \
+    template <class... A>                                                           \
+    static void fill_zero(A&&... a) {                                               \
+      ns::fill_zero(std::forward<A>(a)...);                                         \
+    }                                                                               \
   };
 
 #if defined(FFNKIT_WITH_CUDA)
@@ -89,6 +118,29 @@ typename DeviceApi<B>::DataType data_type_of() {
   if (std::is_same<T, __half>::value) return D::kF16;
   if (std::is_same<T, __nv_bfloat16>::value) return D::kBF16;
   return D::kF32;
+}
+
+// A deep device-to-device copy of `b`, complete on return (later work may run on any stream).
+template <class B, class T>
+typename DeviceApi<B>::template Buffer<T> clone_buffer(
+    const typename DeviceApi<B>::template Buffer<T>& b) {
+  typename DeviceApi<B>::template Buffer<T> out(b.size());
+  const typename DeviceApi<B>::Stream stream;
+  if (b.size()) {
+    DeviceApi<B>::copy(out.data(), b.data(), b.bytes(), DeviceApi<B>::CopyKind::kDeviceToDevice,
+                       stream);
+    stream.synchronize();
+  }
+  return out;
+}
+
+// Load-time check of host weights of any storage type: every element finite.
+template <class T>
+void check_host_finite(const char* where, const char* name, const T* p, index_t n) {
+  for (index_t i = 0; i < n; ++i) {
+    const double v = HostScalar<T>::to_double(p[i]);
+    if (!std::isfinite(v)) fail(where, name, "[", i, "] = ", v, " is not finite");
+  }
 }
 
 // Throws the launcher's failure as an ffnkit::Error at the C++ API boundary.

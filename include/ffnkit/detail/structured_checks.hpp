@@ -1,0 +1,66 @@
+// Argument checks shared by every backend's structured layers (SPEC §1.2–1.5), so the Cpu and
+// device layers reject exactly the same inputs with exactly the same messages.
+#pragma once
+
+#include <algorithm>
+
+#include "ffnkit/core/error.hpp"
+#include "ffnkit/core/view.hpp"
+
+namespace ffnkit {
+namespace detail {
+
+template <class T>
+void check_structured_forward(const char* where, index_t in, index_t out,
+                              const MatrixView<const T>& x, const MatrixView<T>& y) {
+  check_activation(where, "x", x, in, "in_features");
+  check_activation(where, "y", y, out, "out_features");
+  check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
+  check_no_overlap(where, x, y);
+}
+
+// dx may be a view with null data: the caller does not want the input gradient.
+template <class T>
+void check_structured_backward(const char* where, index_t in, index_t out,
+                               const MatrixView<const T>& x, const MatrixView<const T>& dy,
+                               const MatrixView<T>& dx) {
+  check_activation(where, "x", x, in, "in_features");
+  check_activation(where, "dy", dy, out, "out_features");
+  check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
+  if (dx.data) {
+    check_activation(where, "dx", dx, in, "in_features");
+    check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
+    check_no_overlap(where, x, dx);
+    check_no_overlap(where, dy, dx);
+  }
+}
+
+inline void check_lowrank_args(const char* where, index_t in, index_t out, index_t rank) {
+  check_positive(where, "in_features", in);
+  check_positive(where, "out_features", out);
+  check_positive(where, "rank", rank);
+  if (rank > std::min(in, out))
+    fail(where, "rank = ", rank, " exceeds min(in_features, out_features) = ", std::min(in, out));
+}
+
+inline void check_block_diagonal_args(const char* where, index_t in, index_t out, index_t blocks) {
+  check_positive(where, "in_features", in);
+  check_positive(where, "out_features", out);
+  check_divides(where, "blocks", blocks, "in_features", in);
+  check_divides(where, "blocks", blocks, "out_features", out);
+}
+
+inline void check_block_dense_args(const char* where, index_t in, index_t out, index_t blocks,
+                                   index_t rank) {
+  check_positive(where, "in_features", in);
+  check_positive(where, "out_features", out);
+  check_positive(where, "rank", rank);
+  check_divides(where, "blocks", blocks, "in_features", in);
+  check_divides(where, "blocks", blocks, "rank", rank);
+  if (rank >= std::min(in, out))
+    fail(where, "rank = ", rank,
+         " must be below min(in_features, out_features) = ", std::min(in, out));
+}
+
+}  // namespace detail
+}  // namespace ffnkit
