@@ -1,6 +1,7 @@
 // Structured FFNs at the paper's settings (SPEC §1.6): both projections structured, GELU (tanh),
 // bias on, at 63% (5/8) and 32% (5/16) of the dense FFN's parameters; forward, and a training step
 // (forward + backward) against a dense training step.
+#include <cstdio>
 #include <memory>
 
 #include "ffn_runner.hpp"
@@ -106,14 +107,7 @@ std::unique_ptr<Runner> runner(const Shape& s, Ffn ffn, bool train = false) {
 }
 
 // SPEC §1.6's settings. LowRank: R = d/2 (63%), d/4 (32%). BlockShuffle: B = 2, 4. BlockDense:
-// B = 2 with R = 512, 256 at d = 768 (2d/3, d/3); B = 4 with R = 3d/4, 3d/8 at d = 1024, 2048.
-struct BlockDenseSetting {
-  index_t blocks, rank;
-};
-BlockDenseSetting blockdense_setting(index_t d, bool large) {
-  if (d == 768) return {2, large ? 512 : 256};
-  return {4, large ? 3 * d / 4 : 3 * d / 8};
-}
+// blockdense_setting() in ffn_runner.hpp.
 
 template <class L>
 StructuredFFN<L, L> pair(L up, L down) {
@@ -243,5 +237,37 @@ const RegisterCase train_cases[] = {
 };
 
 }  // namespace
+
+void print_premerge_crossover(const std::vector<index_t>& dims, index_t max_tokens, int repeats) {
+  std::printf("pre-merge calibration (SPEC §1.8): median of %d runs per path, float32\n", repeats);
+  for (index_t d : dims) {
+    const index_t f = 4 * d;
+    auto show = [&](const char* name, auto layer) {
+      PreMerged<decltype(layer)> p(std::move(layer));
+      const auto rows = p.calibrate(max_tokens, repeats);
+      std::printf("\n%s, %lld -> %lld\n%8s %14s %14s %8s  %s\n", name,
+                  static_cast<long long>(p.in_features()), static_cast<long long>(p.out_features()),
+                  "tokens", "structured ms", "dense ms", "ratio", "path taken");
+      for (const auto& r : rows)
+        std::printf(
+            "%8lld %14.4f %14.4f %7.2fx  %s\n", static_cast<long long>(r.tokens),
+            r.structured_seconds * 1e3, r.dense_seconds * 1e3,
+            r.dense_seconds / r.structured_seconds,
+            p.path(r.tokens) == PreMerged<decltype(layer)>::Path::kDense ? "dense" : "structured");
+    };
+    const auto bd63 = blockdense_setting(d, true), bd32 = blockdense_setting(d, false);
+    show("lowrank_63 up", lowrank(d, f, d / 2, 1));
+    show("lowrank_63 down", lowrank(f, d, d / 2, 2));
+    show("lowrank_32 up", lowrank(d, f, d / 4, 1));
+    show("lowrank_32 down", lowrank(f, d, d / 4, 2));
+    show("blockdense_63 up", blockdense(d, f, bd63.blocks, bd63.rank, 1));
+    show("blockdense_63 down", blockdense(f, d, bd63.blocks, bd63.rank, 2));
+    show("blockdense_32 up", blockdense(d, f, bd32.blocks, bd32.rank, 1));
+    show("blockdense_32 down", blockdense(f, d, bd32.blocks, bd32.rank, 2));
+    show("blockshuffle_63 up", shuffle(d, f, 2, 1));
+    show("blockshuffle_63 down", shuffle(f, d, 2, 2));
+  }
+}
+
 }  // namespace bench
 }  // namespace ffnkit

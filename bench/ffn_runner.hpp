@@ -35,6 +35,16 @@ double sampled_ffn_error(const DenseFFN<T, Cpu>& ffn, const std::vector<T>& x,
 
 // Compulsory traffic of one FFN forward: weights and biases once, x read, y written, and the
 // hidden activations written and read once each.
+// The paper's BlockDense settings (SPEC §1.6): B = 2 with R = 512, 256 at d = 768 (2d/3, d/3);
+// B = 4 with R = 3d/4, 3d/8 at d = 1024 and 2048. `large` is the 63% setting, else 32%.
+struct BlockDenseSetting {
+  index_t blocks, rank;
+};
+inline BlockDenseSetting blockdense_setting(index_t d, bool large) {
+  if (d == 768) return {2, large ? 512 : 256};
+  return {4, large ? 3 * d / 4 : 3 * d / 8};
+}
+
 inline double ffn_bytes(const Shape& s, std::size_t scalar_bytes, double parameters) {
   const double elems =
       parameters + static_cast<double>(s.tokens) * (2.0 * s.d_model + 2.0 * s.d_ff);

@@ -3,9 +3,13 @@
 //   ffnkit_bench --table          the main job: the default shape (BERT-base, d=768, d_ff=3072)
 //                                 at a few token counts, printed as one table
 //   ffnkit_bench --table --all    the table with every case (training steps, pre-merge too)
-//   ffnkit_bench --d=1024 --tokens=1,128 ...   restrict the shapes of either mode
+//   ffnkit_bench --crossover      pre-merge's calibration: structured vs merged dense per token
+//                                 count, for each projection at the paper's settings
+//   ffnkit_bench --d=1024 --tokens=1,128 ...   restrict the shapes of any mode (--crossover
+//                                 calibrates up to the largest token count)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -136,6 +140,7 @@ class TableReporter : public benchmark::BenchmarkReporter {
 int main(int argc, char** argv) {
   bool table = false;
   bool all_cases = false;  // --all: the table also shows training and pre-merge cases
+  bool crossover = false;
   std::vector<index_t> dims = {768, 1024, 2048};
   std::vector<index_t> tokens = {1, 16, 128, 512, 2048};
   bool dims_set = false, tokens_set = false, min_time_set = false;
@@ -147,6 +152,8 @@ int main(int argc, char** argv) {
         table = true;
       } else if (a == "--all") {
         all_cases = true;
+      } else if (a == "--crossover") {
+        crossover = true;
       } else if (a.rfind("--d=", 0) == 0) {
         dims = parse_list(a.substr(4));
         dims_set = true;
@@ -165,6 +172,17 @@ int main(int argc, char** argv) {
   if (table) {
     if (!dims_set) dims = {768};
     if (!tokens_set) tokens = {1, 16, 128, 2048};
+  }
+  if (crossover) {
+    try {
+      print_configuration();
+      ffnkit::bench::print_premerge_crossover(
+          dims, tokens_set ? *std::max_element(tokens.begin(), tokens.end()) : 8192, 5);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
   }
   static char min_time[] = "--benchmark_min_time=0.2";
   if (table && !min_time_set) rest.push_back(min_time);

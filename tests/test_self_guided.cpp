@@ -1,7 +1,8 @@
 // Self-guided training (SPEC §1.7): the α schedule, the blend y = α W x + (1 − α) S(x) + b against
 // the float64 oracle (reference::linear on the guide and on S's materialize()), the stochastic
 // decisions, backward against central finite differences in double, dropping the guide, and bad
-// inputs. Runs over every structured layer family, float and double, on the Cpu backend.
+// inputs. Runs over every structured layer family, float and double, on the Cpu backend; the blend
+// and its backward also on every device backend and storage type (SelfGuidedBackendTest).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -680,6 +681,157 @@ TYPED_TEST(SelfGuidedGradTest, BackwardWithoutTokenUsesTheLastForward) {
     sg.backward(xv, dyv, MatrixView<double>(), g3, d);
     EXPECT_EQ(g1, g3);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every backend: the blend and its backward on Cpu, CudaEmu and Cuda, in every storage type,
+// against the float64 oracle and against the Cpu double SelfGuided of the same parameters.
+// ---------------------------------------------------------------------------------------------
+
+// The four families with the same structural arguments on any scalar and backend.
+template <template <class, class> class L>
+struct FamilyOn;
+template <>
+struct FamilyOn<LowRankLinear> {
+  template <class T, class B>
+  static LowRankLinear<T, B> make(index_t in, index_t out, std::uint64_t seed) {
+    return LowRankLinear<T, B>::random(in, out, std::min(in, out) / 2, seed, true, 0.3);
+  }
+};
+template <>
+struct FamilyOn<BlockDiagonalLinear> {
+  template <class T, class B>
+  static BlockDiagonalLinear<T, B> make(index_t in, index_t out, std::uint64_t seed) {
+    return BlockDiagonalLinear<T, B>::random(in, out, 2, seed, true, 0.3);
+  }
+};
+template <>
+struct FamilyOn<BlockDenseLinear> {
+  template <class T, class B>
+  static BlockDenseLinear<T, B> make(index_t in, index_t out, std::uint64_t seed) {
+    return BlockDenseLinear<T, B>::random(in, out, 2, std::min(in, out) / 2, seed, true, 0.3);
+  }
+};
+template <>
+struct FamilyOn<BlockShuffleLinear> {
+  template <class T, class B>
+  static BlockShuffleLinear<T, B> make(index_t in, index_t out, std::uint64_t seed) {
+    return BlockShuffleLinear<T, B>::random(in, out, 4, seed, true, 0.3);
+  }
+};
+template <class Fn>
+void for_each_family_on(Fn&& fn) {
+  fn("LowRank", FamilyOn<LowRankLinear>());
+  fn("BlockDiagonal", FamilyOn<BlockDiagonalLinear>());
+  fn("BlockDense", FamilyOn<BlockDenseLinear>());
+  fn("BlockShuffle", FamilyOn<BlockShuffleLinear>());
+}
+
+// The Cpu double twin of a layer on any backend: the same structure, every parameter copied.
+template <class M, class L>
+auto cpu_double_twin(M, L& layer, std::uint64_t seed) {
+  auto twin = M::template make<double, Cpu>(layer.in_features(), layer.out_features(), seed);
+  auto src = layer.params();
+  auto dst = twin.params();
+  EXPECT_EQ(src.size(), dst.size());
+  for (std::size_t i = 0; i < src.size() && i < dst.size(); ++i) {
+    const auto v = test::to_double(test::to_host<typename L::Backend>(src[i].data, src[i].size));
+    std::copy(v.begin(), v.end(), dst[i].data);
+  }
+  return twin;
+}
+
+template <class P>
+class SelfGuidedBackendTest : public ::testing::Test {
+ public:
+  using T = typename P::Scalar;
+  using B = typename P::Backend;
+};
+TYPED_TEST_SUITE(SelfGuidedBackendTest, ::testing::Types<FFNKIT_ALL_COMBOS>, test::ComboName);
+
+// Forward at α = 1, in between and 0, and backward at each, on the backend, against the Cpu double
+// SelfGuided of the same parameters (itself checked against finite differences above) and the
+// blend oracle; then drop_guide leaves exactly S.
+TYPED_TEST(SelfGuidedBackendTest, BlendAndBackwardMatchTheCpuDoubleTwin) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  FFNKIT_SKIP_IF_UNAVAILABLE(B);
+  const index_t tokens = 9, in = 16, out = 24;
+  for_each_family_on([&](const char* name, auto maker) {
+    SCOPED_TRACE(name);
+    auto s = decltype(maker)::template make<T, B>(in, out, 11);
+    auto s64 = cpu_double_twin(maker, s, 11);
+    // cosine over 8 steps with ratio 0.5: α = 1, 0.854, 0.5, 0.146, then 0.
+    const AlphaSchedule sched = AlphaSchedule::cosine(8);
+    SelfGuided<decltype(s)> sg(s, sched, /*stochastic=*/false);
+    SelfGuided<decltype(s64)> ref(s64, sched, /*stochastic=*/false);
+    // A guide that differs from S, so the two branches can be told apart; the twin gets the same
+    // values as rounded to T.
+    const auto guide_t = test::random_vector<T>(out * in, 29, 1.0 / std::sqrt(double(in)));
+    sg.load_guide(guide_t.data());
+    const auto guide64 = test::to_double(guide_t);
+    ref.load_guide(guide64.data());
+    GuardedMatrix<T> x(tokens, in, 1), dy(tokens, out, 2);
+    x.set(test::random_vector<T>(tokens * in, 3));
+    dy.set(test::random_vector<T>(tokens * out, 4));
+    const auto x64 = x.to_double(), dy64 = dy.to_double();
+    const auto sm = test::to_double(s.materialize()), b64 = test::to_double(s.bias_host());
+    for (index_t step = 0; step <= 4; ++step, sg.step(), ref.step()) {
+      SCOPED_TRACE(testing::Message() << "step=" << step << " alpha=" << sg.alpha());
+      GuardedMatrix<T> y(tokens, out, 5), dx(tokens, in, 6);
+      auto grads = test::grads_for(sg);
+      test::for_each_schedule<B>([&] {
+        test::BackendMatrix<B, T> xb(x), yb(y), dyb(dy), dxb(dx);
+        sg.forward(xb.cview(), yb.view());
+        sg.backward(xb.cview(), dyb.cview(), dxb.view(), grads);
+        yb.sync_to_host();
+        dxb.sync_to_host();
+      });
+      ASSERT_TRUE(y.guards_intact());
+      ASSERT_TRUE(dx.guards_intact());
+      const auto y_ref = blend_oracle(x64, tokens, in, out, guide64, sm, b64, sg.alpha());
+      EXPECT_TRUE(
+          test::within_tolerance<T>(test::compare(y.data(), tokens, out, y.stride(), y_ref)));
+
+      std::vector<double> y64(static_cast<std::size_t>(tokens * out)),
+          dx64(static_cast<std::size_t>(tokens * in));
+      auto g64 = make_grads(ref.params());
+      ref.forward(make_view<const double>(x64.data(), tokens, in),
+                  make_view(y64.data(), tokens, out));
+      ref.backward(make_view<const double>(x64.data(), tokens, in),
+                   make_view<const double>(dy64.data(), tokens, out),
+                   make_view(dx64.data(), tokens, in), g64);
+      EXPECT_TRUE(
+          test::within_tolerance<T>(test::compare(dx.data(), tokens, in, dx.stride(), dx64)));
+      ASSERT_EQ(grads.size(), g64.size());
+      const auto names = ref.params();
+      for (std::size_t i = 0; i < g64.size(); ++i) {
+        SCOPED_TRACE(names[i].name);
+        const auto g = test::grad_host(grads[i]);
+        const auto n = static_cast<index_t>(g.size());
+        EXPECT_TRUE(test::within_tolerance<T>(test::compare(g.data(), 1, n, n, g64[i])));
+      }
+    }
+    // α has reached 0: dropping the guide gives its memory back and leaves S's output, bit for bit.
+    ASSERT_EQ(sg.alpha(), 0.0);
+    EXPECT_EQ(sg.guide_bytes(), static_cast<std::size_t>(out * in) * sizeof(T));
+    GuardedMatrix<T> before(tokens, out, 7), after(tokens, out, 7);
+    {
+      test::BackendMatrix<B, T> xb(x), yb(before);
+      sg.forward(xb.cview(), yb.view());
+      yb.sync_to_host();
+    }
+    sg.drop_guide();
+    EXPECT_FALSE(sg.has_guide());
+    EXPECT_EQ(sg.guide_bytes(), 0u);
+    EXPECT_EQ(sg.parameter_count(), s.parameter_count());
+    {
+      test::BackendMatrix<B, T> xb(x), yb(after);
+      sg.forward(xb.cview(), yb.view());
+      yb.sync_to_host();
+    }
+    EXPECT_TRUE(bitwise_equal(before, after));
+  });
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Self-guided training (SPEC §1.7): a structured layer S trained under a dense guide W,
 //   y = α W x + (1 − α) S(x) + b,
 // with α decaying from 1 to 0 over the first T optimizer steps, after which the guide is dropped
-// and the layer is exactly S. CPU backend only for now.
+// and the layer is exactly S. Every backend: the backend-specific steps are in
+// detail/self_guided_ops.hpp; on the device backends the guide lives in device memory, views and
+// gradient buffers are device memory, and forward/backward take a stream.
 //
 // Stochastic FLOP reduction (SPEC §1.7, on in the paper): each forward draws u ~ U[0, 1) once and
 // computes the dense branch only if u < α; otherwise it outputs S(x). The output is then a
@@ -25,6 +27,7 @@
 #include "ffnkit/core.hpp"
 #include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/structured_ops.hpp"
+#include "ffnkit/detail/self_guided_ops.hpp"
 #include "ffnkit/structured.hpp"
 
 namespace ffnkit {
@@ -97,8 +100,8 @@ struct SelfGuidedDecision {
 };
 
 // A structured layer under a dense guide (SPEC §1.7). Structured is one of LowRankLinear,
-// BlockDiagonalLinear, BlockDenseLinear, BlockShuffleLinear on Cpu; the bias is S's own and is
-// added exactly once. forward() is non-const: it consumes the decision RNG and records the
+// BlockDiagonalLinear, BlockDenseLinear, BlockShuffleLinear on any backend; the bias is S's own
+// and is added exactly once. forward() is non-const: it consumes the decision RNG and records the
 // decision (see the design note at the top of this file).
 template <class Structured>
 class SelfGuided {
@@ -106,8 +109,9 @@ class SelfGuided {
   using Scalar = typename Structured::Scalar;
   using Backend = typename Structured::Backend;
   using T = Scalar;
-  static_assert(std::is_same<Backend, Cpu>::value,
-                "SelfGuided is implemented for the Cpu backend only (SPEC §1.7)");
+  using Ops = detail::SelfGuidedOps<T, Backend>;
+  using Stream = typename Ops::Stream;  // an empty, synchronous stand-in on Cpu
+  using Grads = typename Ops::Grads;    // GradList<T> on Cpu, device buffers on the device
 
   // The guide starts as S's own dense equivalent, so at step 0 the blend equals S (SPEC §1.7).
   // `seed` drives the stochastic decisions; give each layer of a model its own seed.
@@ -118,7 +122,7 @@ class SelfGuided {
     if (s_.in_features() <= 0 || s_.out_features() <= 0)
       fail(where, "the structured layer is empty (in_features = ", s_.in_features(),
            ", out_features = ", s_.out_features(), ")");
-    guide_ = s_.materialize();
+    guide_ = Ops::upload(s_.materialize());
     guide_present_ = true;
     ready_ = true;
   }
@@ -168,9 +172,14 @@ class SelfGuided {
 
   // ----- the guide -----
   bool has_guide() const { return guide_present_; }
+  // The guide [out x in], in the backend's memory (device memory on the device backends).
   const T* guide() const { return guide_present_ ? guide_.data() : nullptr; }
-  // Bytes the guide holds (capacity, not size: what dropping it gives back).
-  std::size_t guide_bytes() const { return guide_.capacity() * sizeof(T); }
+  // A host copy of the guide; empty once dropped.
+  std::vector<T> guide_host() const {
+    return guide_present_ ? Ops::to_host(guide_) : std::vector<T>();
+  }
+  // Bytes the guide holds (what dropping it gives back).
+  std::size_t guide_bytes() const { return Ops::bytes(guide_); }
 
   // Frees the guide once α has reached 0 (SPEC §1.7: after T the guide is dropped and inference
   // never pays for it). α never rises again (step only advances and the schedule is
@@ -184,8 +193,20 @@ class SelfGuided {
       fail(
           where, "alpha = ", a, " at step ", step_,
           " has not reached 0; the guide is still in use until step T = ", schedule_.decay_steps());
-    std::vector<T>().swap(guide_);  // swap with an empty vector: clear() would keep the capacity
+    Ops::release(guide_);
     guide_present_ = false;
+  }
+
+  // Overwrites the guide with host weights [out x in] in PyTorch layout (resuming from a
+  // checkpoint taken mid-decay). The guide must still be present.
+  void load_guide(const T* weights) {
+    constexpr const char* where = "SelfGuided::load_guide";
+    check_ready(where);
+    if (!guide_present_) fail(where, "the guide has been dropped");
+    check_not_null(where, "weights", weights);
+    const index_t n = out_features() * in_features();
+    Ops::check_host(where, "weights", weights, n);
+    guide_ = Ops::upload(std::vector<T>(weights, weights + n));
   }
 
   // ----- forward -----
@@ -193,7 +214,7 @@ class SelfGuided {
   // and returns the decision. Non-stochastic: the dense branch runs whenever α > 0. α = 0 never
   // computes the dense branch, and then y = S(x) bitwise (S.forward writes y directly).
   SelfGuidedDecision forward(const MatrixView<const T>& x, const MatrixView<T>& y,
-                             Workspace ws = {}) {
+                             Workspace ws = {}, const Stream& stream = Stream()) {
     constexpr const char* where = "SelfGuided::forward";
     check_forward(where, x, y);
     SelfGuidedDecision d;
@@ -203,7 +224,7 @@ class SelfGuided {
     // number of forward calls only.
     const double u = stochastic_ ? rng_.uniform() : 0.0;
     d.used_guide = d.alpha > 0.0 && (!stochastic_ || u < d.alpha);
-    run(where, x, y, ws, d);
+    run(where, x, y, ws, d, stream);
     last_ = d;
     return d;
   }
@@ -211,11 +232,11 @@ class SelfGuided {
   // Recomputes the forward of a recorded decision without drawing or recording anything
   // (activation checkpointing; finite-difference checks). The decision must be from this step.
   void recompute(const MatrixView<const T>& x, const MatrixView<T>& y, const SelfGuidedDecision& d,
-                 Workspace ws = {}) const {
+                 Workspace ws = {}, const Stream& stream = Stream()) const {
     constexpr const char* where = "SelfGuided::recompute";
     check_forward(where, x, y);
     check_decision(where, d);
-    run(where, x, y, ws, d);
+    run(where, x, y, ws, d, stream);
   }
 
   bool last_used_guide() const { return last_.used_guide; }
@@ -227,15 +248,16 @@ class SelfGuided {
   // (unscaled: b enters once). dx = (1 − α) dx_S + α dy W when blended, else dx_S; dx.data null
   // skips it. Differentiates the function the last forward computed.
   void backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                const MatrixView<T>& dx, GradList<T>& grads) const {
+                const MatrixView<T>& dx, Grads& grads, const Stream& stream = Stream()) const {
     if (!last_.valid())
       fail("SelfGuided::backward", "no forward has been run (no decision to differentiate)");
-    backward(x, dy, dx, grads, last_);
+    backward(x, dy, dx, grads, last_, stream);
   }
 
   // The same for the forward that returned `d`.
   void backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                const MatrixView<T>& dx, GradList<T>& grads, const SelfGuidedDecision& d) const {
+                const MatrixView<T>& dx, Grads& grads, const SelfGuidedDecision& d,
+                const Stream& stream = Stream()) const {
     constexpr const char* where = "SelfGuided::backward";
     check_backward(where, x, dy, dx);
     check_decision(where, d);
@@ -245,28 +267,30 @@ class SelfGuided {
 
     if (a == 0.0) {
       // y = S(x) + b: S's own backward, straight into the caller's buffers.
-      structured_backward(x, dy, dx, grads);
-      if (guide_present_) std::fill(grads[k].begin(), grads[k].end(), T(0));
+      structured_backward(x, dy, dx, grads, stream);
+      if (guide_present_) Ops::zero(grads[k], stream);
       return;
     }
 
     T* guide_grad = grads[k].data();
     if (a == 1.0) {
       // y = W x + b: S had weight 0 and was not evaluated, so its gradients are exact zeros.
-      for (index_t i = 0; i < k; ++i) std::fill(grads[i].begin(), grads[i].end(), T(0));
-      cpu::gemm_xwt_backward(x, dy, guide_.data(), guide_grad, dx, false);
+      for (index_t i = 0; i < k; ++i) Ops::zero(grads[i], stream);
+      Ops::dense_backward(where, x, dy, guide_.data(), guide_grad, dx, false, stream);
     } else {
       // Scaling dy once by (1 − α) (then by α) makes S's factor gradients and dx_S, and the
       // guide's gradient and dy W, come out scaled by linearity, with no extra passes over them.
-      std::vector<T> scaled(static_cast<std::size_t>(dy.rows * dy.cols));
+      auto scaled = Ops::scratch(dy.rows * dy.cols);
       const MatrixView<T> sv(scaled.data(), dy.rows, dy.cols);
-      cpu::map(sv) = static_cast<T>(1.0 - a) * cpu::map(dy);
-      structured_backward(x, MatrixView<const T>(sv), dx, grads);  // dx = (1 − α) dx_S
-      cpu::map(sv) = static_cast<T>(a) * cpu::map(dy);
-      cpu::gemm_xwt_backward(x, MatrixView<const T>(sv), guide_.data(), guide_grad, dx, true);
+      Ops::scale(where, sv, dy, 1.0 - a, stream);
+      structured_backward(x, MatrixView<const T>(sv), dx, grads, stream);  // dx = (1 − α) dx_S
+      Ops::scale(where, sv, dy, a, stream);
+      Ops::dense_backward(where, x, MatrixView<const T>(sv), guide_.data(), guide_grad, dx, true,
+                          stream);
     }
     // The bias enters once and unscaled, whatever S's backward wrote for it.
-    if (has_bias()) cpu::bias_grad(dy, grads.back().data());
+    if (has_bias()) Ops::bias_grad(where, dy, grads.back().data(), stream);
+    stream.synchronize();  // the scaled copy is freed on return
   }
 
   // ----- parameters -----
@@ -278,13 +302,16 @@ class SelfGuided {
       p.push_back({"guide",
                    {out_features(), in_features()},
                    guide_.data(),
-                   static_cast<index_t>(guide_.size())});
+                   out_features() * in_features()});
     if (has_bias()) p.push_back(sp.back());
     return p;
   }
 
+  // Zero-filled gradient buffers in params() order, in the backend's memory.
+  Grads make_grads() { return Ops::make_grads(params()); }
+
   index_t parameter_count() const {
-    return s_.parameter_count() + (guide_present_ ? static_cast<index_t>(guide_.size()) : 0);
+    return s_.parameter_count() + (guide_present_ ? out_features() * in_features() : 0);
   }
 
   // Expected forward FLOPs per token at the current step: S's, plus 2 M N when the dense branch
@@ -304,8 +331,8 @@ class SelfGuided {
     std::vector<T> w = s_.materialize();
     const double a = guide_present_ ? alpha() : 0.0;
     if (a == 0.0) return w;
-    const T ta = static_cast<T>(a), ts = static_cast<T>(1.0 - a);
-    for (std::size_t i = 0; i < w.size(); ++i) w[i] = ta * guide_[i] + ts * w[i];
+    const std::vector<T> g = Ops::to_host(guide_);
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = Ops::blend_host(g[i], w[i], a);
     return w;
   }
 
@@ -359,44 +386,40 @@ class SelfGuided {
   }
 
   void run(const char* where, const MatrixView<const T>& x, const MatrixView<T>& y, Workspace ws,
-           const SelfGuidedDecision& d) const {
+           const SelfGuidedDecision& d, const Stream& stream) const {
     const double a = d.effective_alpha();
     if (a == 0.0) {
-      s_.forward(x, y, ws);
+      Ops::structured_forward(s_, x, y, ws, stream);
       return;
     }
     if (!guide_present_) fail(where, "the dense branch was requested but the guide is dropped");
     if (a == 1.0) {
       // S has weight 0: skip it. y = W x + b.
-      if (has_bias()) cpu::fill_rows(y, bias());
-      cpu::gemm_xwt(x, guide_.data(), out_features(), y, has_bias());
+      Ops::dense_forward(where, x, guide_.data(), out_features(), bias(), y, stream);
       return;
     }
     // S's forward adds b inside its own output pass; the blend then adds the remaining α b, so
     // y = α W x + (1 − α)(S(x) + b) + α b = α W x + (1 − α) S(x) + b: b counted once.
-    std::vector<T> s(static_cast<std::size_t>(x.rows * out_features()));
+    auto s = Ops::scratch(x.rows * out_features());
     const MatrixView<T> sv(s.data(), x.rows, out_features());
-    s_.forward(x, sv, ws);
-    cpu::gemm_xwt(x, guide_.data(), out_features(), y, false);
-    auto Y = cpu::map(y);
-    Y = static_cast<T>(a) * Y + static_cast<T>(1.0 - a) * cpu::map(MatrixView<const T>(sv));
-    if (has_bias())
-      Y.rowwise() += static_cast<T>(a) *
-                     Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(bias(), out_features());
+    Ops::structured_forward(s_, x, sv, ws, stream);
+    Ops::dense_forward(where, x, guide_.data(), out_features(), nullptr, y, stream);
+    Ops::blend(where, y, MatrixView<const T>(sv), a, bias(), stream);
+    stream.synchronize();  // the S(x) scratch is freed on return
   }
 
   // S.backward into the caller's buffers: S's GradList is [factors..., bias], ours has the guide
   // in between, so the buffers are moved (not copied) into a temporary list and always moved back.
   void structured_backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                           const MatrixView<T>& dx, GradList<T>& grads) const {
+                           const MatrixView<T>& dx, Grads& grads, const Stream& stream) const {
     const index_t k = factor_count();
-    GradList<T> sg;
+    Grads sg;
     sg.reserve(static_cast<std::size_t>(k + 1));
     for (index_t i = 0; i < k; ++i) sg.push_back(std::move(grads[i]));
     if (has_bias()) sg.push_back(std::move(grads.back()));
     struct Restore {
-      GradList<T>& sg;
-      GradList<T>& grads;
+      Grads& sg;
+      Grads& grads;
       index_t k;
       bool bias;
       ~Restore() {
@@ -404,7 +427,7 @@ class SelfGuided {
         if (bias) grads.back() = std::move(sg.back());
       }
     } restore{sg, grads, k, has_bias()};
-    s_.backward(x, dy, dx, sg);
+    Ops::structured_backward(s_, x, dy, dx, sg, stream);
   }
 
   Structured s_;
@@ -412,7 +435,7 @@ class SelfGuided {
   bool stochastic_ = true;
   Rng rng_;
   index_t step_ = 0;
-  std::vector<T> guide_;  // [out x in] row-major, PyTorch layout
+  typename Ops::Storage guide_;  // [out x in] row-major, PyTorch layout, in the backend's memory
   bool guide_present_ = false;
   SelfGuidedDecision last_;
   bool ready_ = false;
