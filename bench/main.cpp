@@ -142,7 +142,7 @@ int main(int argc, char** argv) {
   bool all_cases = false;  // --all: the table also shows training and pre-merge cases
   bool crossover = false;
   std::vector<index_t> dims = {768, 1024, 2048};
-  std::vector<index_t> tokens = {1, 16, 128, 512, 2048};
+  std::vector<index_t> tokens = {1, 16, 128, 512, 2048, 8192};
   bool dims_set = false, tokens_set = false, min_time_set = false;
   std::vector<char*> rest;
   try {
