@@ -1,0 +1,327 @@
+// Example 07: self-guided training (SPEC §1.7) demonstrated on real text, with a character-level
+// language model (examples/char_lm/char_lm.hpp) trained on the Debian `fortunes` package.
+//
+//   example_07_char_lm            the self-check (a ctest test, well under a minute): a tiny model,
+//                                 a few hundred steps, LowRank and BlockDense under self-guided
+//                                 training; checks that the loss falls, that α follows the cosine
+//                                 schedule, and that dropping the guides changes no output and frees
+//                                 exactly the guides' memory. Prints OK.
+//   example_07_char_lm --full [--out DIR] [--steps N]
+//                                 the experiment (docs/self_guided.md): dense FFN; LowRank and
+//                                 BlockDense at 32% of the dense FFN's parameters, each trained
+//                                 plainly and self-guided, the latter FLOP-matched to the former.
+//                                 Writes DIR/self_guided_curves.csv and, if gnuplot is installed,
+//                                 DIR/self_guided.png, and prints the results table.
+//
+// FLOP matching (the paper's FLOP-matched mode): the self-guided run spends extra FLOPs on the
+// dense branch while α > 0, so it gets fewer optimizer steps, on the same batch size, the same
+// batch sequence and the same peak learning rate. Its step count is the largest whose expected
+// training FLOPs (the stochastic branch runs with probability α) fit the plain run's; the FLOPs
+// the run actually executed (counted from each forward's decision) are reported next to it.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "char_lm/char_lm.hpp"
+
+namespace {
+
+using namespace char_lm;
+using ffnkit::AlphaSchedule;
+using ffnkit::BlockDenseLinear;
+using ffnkit::LowRankLinear;
+using ffnkit::SelfGuided;
+using LR = LowRankLinear<float>;
+using BD = BlockDenseLinear<float>;
+
+// The paper's 32% settings (SPEC §1.6): both projections structured with the same rank/blocks.
+//   LowRank R = d/4: 2 R (d + 4d) / (2 · 4d²) = 5/16.
+//   BlockDense B = 2, R = d/3: R (4d + d/2) + R (d + 2d) = 7.5 R d = 5/16 of 8d² (the d = 768
+//   setting, B = 2, R = 256, scaled to d).
+index_t lowrank_rank(const Config& c) { return c.d / 4; }
+index_t blockdense_blocks() { return 2; }
+index_t blockdense_rank(const Config& c) { return c.d / 3 / 2 * 2; }  // a multiple of the blocks
+
+const double kInitStd = 0.02;
+
+std::uint64_t guide_seed(std::uint64_t layer_seed) { return ffnkit::splitmix64(layer_seed ^ 0x5e1f); }
+
+Model<Linear>::LayerFactory dense_layers() {
+  return [](index_t in, index_t out, std::uint64_t s) {
+    return Linear::random(in, out, s, kInitStd);
+  };
+}
+Model<LR>::LayerFactory lowrank_layers(const Config& c) {
+  const index_t r = lowrank_rank(c);
+  return [r](index_t in, index_t out, std::uint64_t s) {
+    return LR::random(in, out, r, s, true, kInitStd);
+  };
+}
+Model<BD>::LayerFactory blockdense_layers(const Config& c) {
+  const index_t r = blockdense_rank(c);
+  return [r](index_t in, index_t out, std::uint64_t s) {
+    return BD::random(in, out, blockdense_blocks(), r, s, true, kInitStd);
+  };
+}
+// The same structured layer (same seed, so the same init) under a dense guide that decays over
+// the first `ratio` of `steps` optimizer steps, with the stochastic FLOP reduction on.
+template <class S>
+typename Model<SelfGuided<S>>::LayerFactory guided(
+    std::function<S(index_t, index_t, std::uint64_t)> make, index_t steps, double ratio = 0.5) {
+  return [make, steps, ratio](index_t in, index_t out, std::uint64_t s) {
+    return SelfGuided<S>(make(in, out, s), AlphaSchedule::cosine(steps, ratio), true,
+                         guide_seed(s));
+  };
+}
+
+// Expected training FLOPs of one step (3x the forward's matmul FLOPs) of a model whose FFN
+// projections are structured with `s_flops` each (per token) and dense-guided at weight α.
+struct StepCost {
+  double other = 0;  // input projection and head, per token
+  std::vector<double> s_flops, dense_flops;
+  double operator()(double alpha, index_t batch) const {
+    double f = other;
+    for (std::size_t i = 0; i < s_flops.size(); ++i)
+      f += alpha == 0.0 ? s_flops[i]
+                        : (alpha == 1.0 ? dense_flops[i] : s_flops[i] + alpha * dense_flops[i]);
+    return 3.0 * static_cast<double>(batch) * f;
+  }
+};
+
+template <class S>
+StepCost step_cost(const Config& c, const std::function<S(index_t, index_t, std::uint64_t)>& make) {
+  StepCost k;
+  k.other = 2.0 * static_cast<double>(c.window * c.embed * c.d + c.d * kVocab);
+  for (index_t l = 0; l < c.blocks; ++l) {
+    k.s_flops.push_back(make(c.d, c.d_ff, 1).flops_per_token());
+    k.s_flops.push_back(make(c.d_ff, c.d, 1).flops_per_token());
+    k.dense_flops.push_back(2.0 * static_cast<double>(c.d * c.d_ff));
+    k.dense_flops.push_back(2.0 * static_cast<double>(c.d * c.d_ff));
+  }
+  return k;
+}
+
+// The largest step count whose expected self-guided FLOPs fit `plain_steps` plain steps.
+index_t flop_matched_steps(const StepCost& cost, index_t plain_steps, index_t batch,
+                           double ratio) {
+  const double budget = static_cast<double>(plain_steps) * cost(0.0, batch);
+  for (index_t n = plain_steps; n > 0; --n) {
+    const AlphaSchedule sched = AlphaSchedule::cosine(n, ratio);
+    double total = 0;
+    for (index_t t = 0; t < n; ++t) total += cost(sched.alpha(t), batch);
+    if (total <= budget) return n;
+  }
+  return 1;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The experiment.
+// ------------------------------------------------------------------------------------------------
+int full(const std::string& out_dir, index_t steps) {
+  const Corpus corpus = load_fortunes();
+  std::printf("corpus: %zu files, %zu fortunes, %zu train / %zu validation characters\n",
+              corpus.files, corpus.fortunes, corpus.train.size(), corpus.val.size());
+  const Config cfg;  // d = 192, d_ff = 768, 3 blocks, window 32, embeddings 16
+  TrainOptions o;
+  o.steps = steps;
+  const double ratio = 0.5;
+  std::vector<RunResult> results;
+
+  auto lr_make = std::function<LR(index_t, index_t, std::uint64_t)>(lowrank_layers(cfg));
+  auto bd_make = std::function<BD(index_t, index_t, std::uint64_t)>(blockdense_layers(cfg));
+  const index_t lr_sg_steps = flop_matched_steps(step_cost(cfg, lr_make), steps, o.batch, ratio);
+  const index_t bd_sg_steps = flop_matched_steps(step_cost(cfg, bd_make), steps, o.batch, ratio);
+  std::printf("plain runs: %lld steps; FLOP-matched self-guided: LowRank %lld, BlockDense %lld\n",
+              static_cast<long long>(steps), static_cast<long long>(lr_sg_steps),
+              static_cast<long long>(bd_sg_steps));
+
+  const std::uint64_t seed = 42;
+  {
+    Model<Linear> m(cfg, dense_layers(), seed);
+    results.push_back(train("dense", m, corpus, o));
+  }
+  {
+    Model<LR> m(cfg, lr_make, seed);
+    results.push_back(train("lowrank", m, corpus, o));
+  }
+  {
+    TrainOptions og = o;
+    og.steps = lr_sg_steps;
+    Model<SelfGuided<LR>> m(cfg, guided<LR>(lr_make, lr_sg_steps, ratio), seed);
+    results.push_back(train("lowrank-guided", m, corpus, og));
+  }
+  {
+    Model<BD> m(cfg, bd_make, seed);
+    results.push_back(train("blockdense", m, corpus, o));
+  }
+  {
+    TrainOptions og = o;
+    og.steps = bd_sg_steps;
+    Model<SelfGuided<BD>> m(cfg, guided<BD>(bd_make, bd_sg_steps, ratio), seed);
+    results.push_back(train("blockdense-guided", m, corpus, og));
+  }
+
+  const std::string csv = out_dir + "/self_guided_curves.csv";
+  if (FILE* f = std::fopen(csv.c_str(), "w")) {
+    std::fprintf(f, "run,step,train_flops,train_loss,val_loss,alpha,seconds\n");
+    for (const auto& r : results)
+      for (const auto& p : r.curve)
+        std::fprintf(f, "%s,%lld,%.6e,%.5f,%.5f,%.4f,%.2f\n", r.name.c_str(),
+                     static_cast<long long>(p.step), p.train_flops, p.train_loss, p.val_loss,
+                     p.alpha, p.seconds);
+    std::fclose(f);
+    std::printf("wrote %s\n", csv.c_str());
+  }
+
+  // The plot: validation loss and training loss against training FLOPs, one line per run.
+  const std::string png = out_dir + "/self_guided.png";
+  const std::string gp = out_dir + "/self_guided.gnuplot";
+  if (FILE* f = std::fopen(gp.c_str(), "w")) {
+    std::fprintf(f,
+                 "set terminal pngcairo size 1200,520 font ',10'\nset output '%s'\n"
+                 "set datafile separator ','\nset key top right\nset grid\n"
+                 "set multiplot layout 1,2\nset xlabel 'training FLOPs (1e12)'\n",
+                 png.c_str());
+    const char* cols[] = {"val_loss", "train_loss"};
+    const int col_index[] = {5, 4};
+    for (int k = 0; k < 2; ++k) {
+      std::fprintf(f, "set title '%s (nats/char)'\nset yrange [1.2:3.2]\nplot ",
+                   k == 0 ? "validation loss" : "training loss (mean since last point)");
+      for (std::size_t i = 0; i < results.size(); ++i)
+        std::fprintf(f,
+                     "%s'%s' using ($3/1e12):(strcol(1) eq '%s' ? $%d : 1/0) with lines lw 2 "
+                     "title '%s'",
+                     i ? ", " : "", csv.c_str(), results[i].name.c_str(), col_index[k],
+                     results[i].name.c_str());
+      std::fprintf(f, "\n");
+      (void)cols;
+    }
+    std::fprintf(f, "unset multiplot\n");
+    std::fclose(f);
+    const std::string cmd = "gnuplot '" + gp + "' 2>&1";
+    if (std::system("command -v gnuplot >/dev/null 2>&1") == 0 && std::system(cmd.c_str()) == 0)
+      std::printf("wrote %s\n", png.c_str());
+    else
+      std::printf("gnuplot not found or failed: no plot (apt-get install -y gnuplot-nox)\n");
+  }
+
+  std::printf(
+      "\n| run | FFN params | steps | training FLOPs | val loss (nats/char) | perplexity | "
+      "wall time (s) |\n|---|---|---|---|---|---|---|\n");
+  for (const auto& r : results) {
+    std::printf("| %s | %lld | %lld | %.3e | %.4f | %.3f | %.0f |\n", r.name.c_str(),
+                static_cast<long long>(r.parameters_final), static_cast<long long>(r.steps),
+                r.train_flops, r.val_loss, std::exp(r.val_loss), r.seconds);
+  }
+  return 0;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The self-check (ctest).
+// ------------------------------------------------------------------------------------------------
+template <class S>
+bool check_guided(const char* name, const Corpus& corpus,
+                  const std::function<S(index_t, index_t, std::uint64_t)>& make) {
+  Config cfg;
+  cfg.window = 16;
+  cfg.embed = 8;
+  cfg.d = 48;
+  cfg.d_ff = 192;
+  cfg.blocks = 2;
+  TrainOptions o;
+  o.steps = 300;
+  o.batch = 64;
+  o.warmup = 30;
+  o.lr = 3e-3;
+  o.eval_every = 100;
+  o.eval_tokens = 2048;
+  o.final_eval_tokens = 4096;
+  o.verbose = false;
+  Model<SelfGuided<S>> m(cfg, guided<S>(make, o.steps, 0.5), 7);
+
+  const index_t t_end = AlphaSchedule::cosine(o.steps, 0.5).decay_steps();  // 150
+  bool alpha_ok = true, drop_checked = false, outputs_same = false, memory_ok = false;
+  const auto probe = eval_positions(corpus.val, cfg.window, 512);
+  const index_t guide_count = 2 * cfg.blocks;
+  const std::size_t guide_bytes = static_cast<std::size_t>(cfg.d * cfg.d_ff) * sizeof(float);
+  auto after_step = [&](index_t step, AdamW& opt) {
+    // α after `step` optimizer steps: ½ (1 + cos(π step / T)) up to T, 0 from T on, every layer.
+    const double pi = 3.14159265358979323846;
+    const double expect = step < t_end ? 0.5 * (1 + std::cos(pi * step / t_end)) : 0.0;
+    for (auto& f : m.ffns())
+      alpha_ok &= std::abs(f.up.alpha() - expect) < 1e-12 && std::abs(f.down.alpha() - expect) <
+                                                                 1e-12;
+    if (step != t_end) return;
+    // α has just reached 0: the guides are still held. Dropping them must not change any output,
+    // and must free exactly the guides' weights (and their AdamW moments).
+    alpha_ok &= m.has_guides();
+    m.forward(corpus.val, probe, false);
+    const Buf before(m.probabilities().begin(),
+                     m.probabilities().begin() + static_cast<std::ptrdiff_t>(probe.size() * kVocab));
+    const std::size_t bytes_before = m.parameter_bytes(), opt_before = opt.state_bytes();
+    const std::size_t freed = m.drop_finished_guides(opt);
+    m.forward(corpus.val, probe, false);
+    const Buf after(m.probabilities().begin(),
+                    m.probabilities().begin() + static_cast<std::ptrdiff_t>(probe.size() * kVocab));
+    outputs_same = before == after;  // bitwise: with α = 0 the blend is S itself
+    memory_ok = !m.has_guides() && freed == guide_count * guide_bytes &&
+                bytes_before - m.parameter_bytes() == guide_count * guide_bytes &&
+                opt_before - opt.state_bytes() == 2 * guide_count * guide_bytes;
+    std::printf("  %s: step %lld, alpha 0: guides dropped, %zu -> %zu parameter bytes (%zu freed, "
+                "%lld guides x %zu), optimizer state %zu -> %zu bytes, outputs %s\n",
+                name, static_cast<long long>(step), bytes_before, m.parameter_bytes(),
+                bytes_before - m.parameter_bytes(), static_cast<long long>(guide_count),
+                guide_bytes, opt_before, opt.state_bytes(), outputs_same ? "unchanged" : "CHANGED");
+    drop_checked = true;
+  };
+  const RunResult r = train(name, m, corpus, o, after_step);
+  const double first = r.curve.front().val_loss, last = r.val_loss;
+  const bool loss_ok = last < 0.8 * first && std::isfinite(last);
+  std::printf("  %s: validation loss %.3f -> %.3f over %lld steps (%.1f s): %s; alpha %s\n", name,
+              first, last, static_cast<long long>(o.steps), r.seconds,
+              loss_ok ? "falls" : "DOES NOT FALL", alpha_ok ? "follows the schedule" : "WRONG");
+  return loss_ok && alpha_ok && drop_checked && outputs_same && memory_ok;
+}
+
+int self_check() {
+  Corpus corpus;
+  try {
+    corpus = load_fortunes();
+  } catch (const std::exception& e) {
+    std::printf("%s\nMISMATCH\n", e.what());
+    return 1;
+  }
+  std::printf("corpus: %zu files, %zu train / %zu validation characters\n", corpus.files,
+              corpus.train.size(), corpus.val.size());
+  Config cfg;
+  cfg.d = 48;
+  cfg.d_ff = 192;
+  bool ok = check_guided<LR>("lowrank-guided", corpus, lowrank_layers(cfg));
+  ok &= check_guided<BD>("blockdense-guided", corpus, blockdense_layers(cfg));
+  std::printf("%s\n", ok ? "OK" : "MISMATCH");
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool run_full = false;
+  std::string out_dir = ".";
+  index_t steps = 2000;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--full")) {
+      run_full = true;
+    } else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
+      out_dir = argv[++i];
+    } else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
+      steps = std::atoll(argv[++i]);
+    } else {
+      std::fprintf(stderr, "usage: %s [--full [--out DIR] [--steps N]]\n", argv[0]);
+      return 2;
+    }
+  }
+  return run_full ? full(out_dir, steps) : self_check();
+}
