@@ -4,8 +4,8 @@
 //   example_07_char_lm            the self-check (a ctest test, well under a minute): a tiny model,
 //                                 a few hundred steps, LowRank and BlockDense under self-guided
 //                                 training; checks that the loss falls, that α follows the cosine
-//                                 schedule, and that dropping the guides changes no output and frees
-//                                 exactly the guides' memory. Prints OK.
+//                                 schedule, and that dropping the guides changes no output and
+//                                 frees exactly the guides' memory. Prints OK.
 //   example_07_char_lm --full [--out DIR] [--steps N]
 //                                 the experiment (docs/self_guided.md): dense FFN; LowRank and
 //                                 BlockDense at 32% of the dense FFN's parameters, each trained
@@ -47,12 +47,13 @@ index_t blockdense_rank(const Config& c) { return c.d / 3 / 2 * 2; }  // a multi
 
 const double kInitStd = 0.02;
 
-std::uint64_t guide_seed(std::uint64_t layer_seed) { return ffnkit::splitmix64(layer_seed ^ 0x5e1f); }
+std::uint64_t guide_seed(std::uint64_t layer_seed) {
+  return ffnkit::splitmix64(layer_seed ^ 0x5e1f);
+}
 
 Model<Linear>::LayerFactory dense_layers() {
-  return [](index_t in, index_t out, std::uint64_t s) {
-    return Linear::random(in, out, s, kInitStd);
-  };
+  return
+      [](index_t in, index_t out, std::uint64_t s) { return Linear::random(in, out, s, kInitStd); };
 }
 Model<LR>::LayerFactory lowrank_layers(const Config& c) {
   const index_t r = lowrank_rank(c);
@@ -105,8 +106,7 @@ StepCost step_cost(const Config& c, const std::function<S(index_t, index_t, std:
 }
 
 // The largest step count whose expected self-guided FLOPs fit `plain_steps` plain steps.
-index_t flop_matched_steps(const StepCost& cost, index_t plain_steps, index_t batch,
-                           double ratio) {
+index_t flop_matched_steps(const StepCost& cost, index_t plain_steps, index_t batch, double ratio) {
   const double budget = static_cast<double>(plain_steps) * cost(0.0, batch);
   for (index_t n = plain_steps; n > 0; --n) {
     const AlphaSchedule sched = AlphaSchedule::cosine(n, ratio);
@@ -209,7 +209,7 @@ int full(const std::string& out_dir, index_t steps) {
   }
 
   std::printf(
-      "\n| run | FFN params | steps | training FLOPs | val loss (nats/char) | perplexity | "
+      "\n| run | parameters (end) | steps | training FLOPs | val loss (nats/char) | perplexity | "
       "wall time (s) |\n|---|---|---|---|---|---|---|\n");
   for (const auto& r : results) {
     std::printf("| %s | %lld | %lld | %.3e | %.4f | %.3f | %.0f |\n", r.name.c_str(),
@@ -252,15 +252,16 @@ bool check_guided(const char* name, const Corpus& corpus,
     const double pi = 3.14159265358979323846;
     const double expect = step < t_end ? 0.5 * (1 + std::cos(pi * step / t_end)) : 0.0;
     for (auto& f : m.ffns())
-      alpha_ok &= std::abs(f.up.alpha() - expect) < 1e-12 && std::abs(f.down.alpha() - expect) <
-                                                                 1e-12;
+      alpha_ok &=
+          std::abs(f.up.alpha() - expect) < 1e-12 && std::abs(f.down.alpha() - expect) < 1e-12;
     if (step != t_end) return;
     // α has just reached 0: the guides are still held. Dropping them must not change any output,
     // and must free exactly the guides' weights (and their AdamW moments).
     alpha_ok &= m.has_guides();
     m.forward(corpus.val, probe, false);
-    const Buf before(m.probabilities().begin(),
-                     m.probabilities().begin() + static_cast<std::ptrdiff_t>(probe.size() * kVocab));
+    const Buf before(
+        m.probabilities().begin(),
+        m.probabilities().begin() + static_cast<std::ptrdiff_t>(probe.size() * kVocab));
     const std::size_t bytes_before = m.parameter_bytes(), opt_before = opt.state_bytes();
     const std::size_t freed = m.drop_finished_guides(opt);
     m.forward(corpus.val, probe, false);
@@ -270,11 +271,12 @@ bool check_guided(const char* name, const Corpus& corpus,
     memory_ok = !m.has_guides() && freed == guide_count * guide_bytes &&
                 bytes_before - m.parameter_bytes() == guide_count * guide_bytes &&
                 opt_before - opt.state_bytes() == 2 * guide_count * guide_bytes;
-    std::printf("  %s: step %lld, alpha 0: guides dropped, %zu -> %zu parameter bytes (%zu freed, "
-                "%lld guides x %zu), optimizer state %zu -> %zu bytes, outputs %s\n",
-                name, static_cast<long long>(step), bytes_before, m.parameter_bytes(),
-                bytes_before - m.parameter_bytes(), static_cast<long long>(guide_count),
-                guide_bytes, opt_before, opt.state_bytes(), outputs_same ? "unchanged" : "CHANGED");
+    std::printf(
+        "  %s: step %lld, alpha 0: guides dropped, %zu -> %zu parameter bytes (%zu freed, "
+        "%lld guides x %zu), optimizer state %zu -> %zu bytes, outputs %s\n",
+        name, static_cast<long long>(step), bytes_before, m.parameter_bytes(),
+        bytes_before - m.parameter_bytes(), static_cast<long long>(guide_count), guide_bytes,
+        opt_before, opt.state_bytes(), outputs_same ? "unchanged" : "CHANGED");
     drop_checked = true;
   };
   const RunResult r = train(name, m, corpus, o, after_step);

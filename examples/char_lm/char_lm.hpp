@@ -621,12 +621,12 @@ RunResult train(const std::string& name, Model<Layer>& m, const Corpus& c, const
   index_t train_n = 0;
   auto record = [&](index_t step) {
     const double val = evaluate(m, c.val, eval_pos);  // not timed, not counted
-    res.curve.push_back({step, res.train_flops, train_n ? train_sum / train_n : val, val,
-                         m.alpha(), seconds});
+    res.curve.push_back(
+        {step, res.train_flops, train_n ? train_sum / train_n : val, val, m.alpha(), seconds});
     if (o.verbose)
       std::printf("  %-18s step %5lld  train %.4f  val %.4f  alpha %.3f  %.1f s\n", name.c_str(),
-                  static_cast<long long>(step), train_n ? train_sum / train_n : val, val,
-                  m.alpha(), seconds);
+                  static_cast<long long>(step), train_n ? train_sum / train_n : val, val, m.alpha(),
+                  seconds);
     std::fflush(stdout);
     train_sum = 0;
     train_n = 0;
