@@ -12,6 +12,10 @@
 //                                 plainly and self-guided, the latter FLOP-matched to the former.
 //                                 Writes DIR/self_guided_curves.csv and, if gnuplot is installed,
 //                                 DIR/self_guided.png, and prints the results table.
+//   example_07_char_lm --variants [--out DIR] [--steps N]
+//                                 the other self-guided settings tried (docs/self_guided.md):
+//                                 the guide over the first quarter, and equal steps instead of
+//                                 equal FLOPs. Writes DIR/self_guided_variants_curves.csv.
 //
 // FLOP matching (the paper's FLOP-matched mode): the self-guided run spends extra FLOPs on the
 // dense branch while α > 0, so it gets fewer optimizer steps, on the same batch size, the same
@@ -120,51 +124,57 @@ index_t flop_matched_steps(const StepCost& cost, index_t plain_steps, index_t ba
 // ------------------------------------------------------------------------------------------------
 // The experiment.
 // ------------------------------------------------------------------------------------------------
-int full(const std::string& out_dir, index_t steps) {
+int full(const std::string& out_dir, index_t steps, bool variants) {
   const Corpus corpus = load_fortunes();
   std::printf("corpus: %zu files, %zu fortunes, %zu train / %zu validation characters\n",
               corpus.files, corpus.fortunes, corpus.train.size(), corpus.val.size());
   const Config cfg;  // d = 192, d_ff = 768, 3 blocks, window 32, embeddings 16
   TrainOptions o;
   o.steps = steps;
-  const double ratio = 0.5;
   std::vector<RunResult> results;
+  const std::uint64_t seed = 42;  // every run: the same init for the same layer type, same batches
 
   auto lr_make = std::function<LR(index_t, index_t, std::uint64_t)>(lowrank_layers(cfg));
   auto bd_make = std::function<BD(index_t, index_t, std::uint64_t)>(blockdense_layers(cfg));
-  const index_t lr_sg_steps = flop_matched_steps(step_cost(cfg, lr_make), steps, o.batch, ratio);
-  const index_t bd_sg_steps = flop_matched_steps(step_cost(cfg, bd_make), steps, o.batch, ratio);
-  std::printf("plain runs: %lld steps; FLOP-matched self-guided: LowRank %lld, BlockDense %lld\n",
-              static_cast<long long>(steps), static_cast<long long>(lr_sg_steps),
-              static_cast<long long>(bd_sg_steps));
-
-  const std::uint64_t seed = 42;
-  {
-    Model<Linear> m(cfg, dense_layers(), seed);
-    results.push_back(train("dense", m, corpus, o));
-  }
-  {
-    Model<LR> m(cfg, lr_make, seed);
-    results.push_back(train("lowrank", m, corpus, o));
-  }
-  {
+  // A self-guided run whose guides decay over the first `ratio` of its steps; FLOP-matched to
+  // `steps` plain steps unless `equal_steps`.
+  auto run_guided = [&](const std::string& name, auto make, double ratio, bool equal_steps) {
+    using S = typename decltype(make)::result_type;
     TrainOptions og = o;
-    og.steps = lr_sg_steps;
-    Model<SelfGuided<LR>> m(cfg, guided<LR>(lr_make, lr_sg_steps, ratio), seed);
-    results.push_back(train("lowrank-guided", m, corpus, og));
-  }
-  {
-    Model<BD> m(cfg, bd_make, seed);
-    results.push_back(train("blockdense", m, corpus, o));
-  }
-  {
-    TrainOptions og = o;
-    og.steps = bd_sg_steps;
-    Model<SelfGuided<BD>> m(cfg, guided<BD>(bd_make, bd_sg_steps, ratio), seed);
-    results.push_back(train("blockdense-guided", m, corpus, og));
-  }
+    og.steps =
+        equal_steps ? steps : flop_matched_steps(step_cost(cfg, make), steps, o.batch, ratio);
+    std::printf("%s: %lld steps, guide over the first %.0f%%\n", name.c_str(),
+                static_cast<long long>(og.steps), 100 * ratio);
+    Model<SelfGuided<S>> m(cfg, guided<S>(make, og.steps, ratio), seed);
+    results.push_back(train(name, m, corpus, og));
+  };
 
-  const std::string csv = out_dir + "/self_guided_curves.csv";
+  if (!variants) {
+    {
+      Model<Linear> m(cfg, dense_layers(), seed);
+      results.push_back(train("dense", m, corpus, o));
+    }
+    {
+      Model<LR> m(cfg, lr_make, seed);
+      results.push_back(train("lowrank", m, corpus, o));
+    }
+    run_guided("lowrank-guided", lr_make, 0.5, false);
+    {
+      Model<BD> m(cfg, bd_make, seed);
+      results.push_back(train("blockdense", m, corpus, o));
+    }
+    run_guided("blockdense-guided", bd_make, 0.5, false);
+  } else {
+    // What else was tried: a guide over the first quarter only (cheaper, so more steps at the
+    // same FLOPs), and the paper's half-length guide without FLOP matching (more FLOPs).
+    run_guided("lowrank-guided-q", lr_make, 0.25, false);
+    run_guided("lowrank-guided-eqsteps", lr_make, 0.5, true);
+    run_guided("blockdense-guided-q", bd_make, 0.25, false);
+    run_guided("blockdense-guided-eqsteps", bd_make, 0.5, true);
+  }
+  const std::string prefix = out_dir + (variants ? "/self_guided_variants" : "/self_guided");
+
+  const std::string csv = prefix + "_curves.csv";
   if (FILE* f = std::fopen(csv.c_str(), "w")) {
     std::fprintf(f, "run,step,train_flops,train_loss,val_loss,alpha,seconds\n");
     for (const auto& r : results)
@@ -177,15 +187,14 @@ int full(const std::string& out_dir, index_t steps) {
   }
 
   // The plot: validation loss and training loss against training FLOPs, one line per run.
-  const std::string png = out_dir + "/self_guided.png";
-  const std::string gp = out_dir + "/self_guided.gnuplot";
+  const std::string png = prefix + ".png";
+  const std::string gp = prefix + ".gnuplot";
   if (FILE* f = std::fopen(gp.c_str(), "w")) {
     std::fprintf(f,
                  "set terminal pngcairo size 1200,520 font ',10'\nset output '%s'\n"
                  "set datafile separator ','\nset key top right\nset grid\n"
                  "set multiplot layout 1,2\nset xlabel 'training FLOPs (1e12)'\n",
                  png.c_str());
-    const char* cols[] = {"val_loss", "train_loss"};
     const int col_index[] = {5, 4};
     for (int k = 0; k < 2; ++k) {
       std::fprintf(f, "set title '%s (nats/char)'\nset yrange [1.2:3.2]\nplot ",
@@ -197,7 +206,6 @@ int full(const std::string& out_dir, index_t steps) {
                      i ? ", " : "", csv.c_str(), results[i].name.c_str(), col_index[k],
                      results[i].name.c_str());
       std::fprintf(f, "\n");
-      (void)cols;
     }
     std::fprintf(f, "unset multiplot\n");
     std::fclose(f);
@@ -310,20 +318,22 @@ int self_check() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool run_full = false;
+  bool run_full = false, variants = false;
   std::string out_dir = ".";
   index_t steps = 2000;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--full")) {
       run_full = true;
+    } else if (!std::strcmp(argv[i], "--variants")) {
+      run_full = variants = true;
     } else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
       out_dir = argv[++i];
     } else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
       steps = std::atoll(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--full [--out DIR] [--steps N]]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--full|--variants [--out DIR] [--steps N]]\n", argv[0]);
       return 2;
     }
   }
-  return run_full ? full(out_dir, steps) : self_check();
+  return run_full ? full(out_dir, steps, variants) : self_check();
 }
