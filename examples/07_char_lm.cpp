@@ -176,34 +176,40 @@ int full(const std::string& out_dir, index_t steps, bool variants) {
 
   const std::string csv = prefix + "_curves.csv";
   if (FILE* f = std::fopen(csv.c_str(), "w")) {
-    std::fprintf(f, "run,step,train_flops,train_loss,val_loss,alpha,seconds\n");
+    std::fprintf(f, "run,step,train_flops,train_loss,val_loss,alpha,seconds,cpu_seconds\n");
     for (const auto& r : results)
       for (const auto& p : r.curve)
-        std::fprintf(f, "%s,%lld,%.6e,%.5f,%.5f,%.4f,%.2f\n", r.name.c_str(),
+        std::fprintf(f, "%s,%lld,%.6e,%.5f,%.5f,%.4f,%.2f,%.2f\n", r.name.c_str(),
                      static_cast<long long>(p.step), p.train_flops, p.train_loss, p.val_loss,
-                     p.alpha, p.seconds);
+                     p.alpha, p.seconds, p.cpu_seconds);
     std::fclose(f);
     std::printf("wrote %s\n", csv.c_str());
   }
 
-  // The plot: validation loss and training loss against training FLOPs, one line per run.
+  // The plot: validation loss against training FLOPs (the comparison the experiment is about)
+  // and against optimizer steps, and the training loss (where loss spikes would show).
   const std::string png = prefix + ".png";
   const std::string gp = prefix + ".gnuplot";
   if (FILE* f = std::fopen(gp.c_str(), "w")) {
     std::fprintf(f,
-                 "set terminal pngcairo size 1200,520 font ',10'\nset output '%s'\n"
+                 "set terminal pngcairo size 1500,500 font ',10'\nset output '%s'\n"
                  "set datafile separator ','\nset key top right\nset grid\n"
-                 "set multiplot layout 1,2\nset xlabel 'training FLOPs (1e12)'\n",
+                 "set multiplot layout 1,3\nset yrange [1.9:3.0]\n",
                  png.c_str());
-    const int col_index[] = {5, 4};
-    for (int k = 0; k < 2; ++k) {
-      std::fprintf(f, "set title '%s (nats/char)'\nset yrange [1.2:3.2]\nplot ",
-                   k == 0 ? "validation loss" : "training loss (mean since last point)");
+    struct Panel {
+      const char *title, *xlabel, *x;
+      int y;
+    };
+    const Panel panels[] = {
+        {"validation loss (nats/char)", "training FLOPs (1e12)", "($3/1e12)", 5},
+        {"validation loss (nats/char)", "optimizer step", "2", 5},
+        {"training loss, mean since the previous point", "training FLOPs (1e12)", "($3/1e12)", 4}};
+    for (const Panel& pn : panels) {
+      std::fprintf(f, "set title '%s'\nset xlabel '%s'\nplot ", pn.title, pn.xlabel);
       for (std::size_t i = 0; i < results.size(); ++i)
         std::fprintf(f,
-                     "%s'%s' using ($3/1e12):(strcol(1) eq '%s' ? $%d : 1/0) with lines lw 2 "
-                     "title '%s'",
-                     i ? ", " : "", csv.c_str(), results[i].name.c_str(), col_index[k],
+                     "%s'%s' using %s:(strcol(1) eq '%s' ? $%d : 1/0) with lines lw 2 title '%s'",
+                     i ? ", " : "", csv.c_str(), pn.x, results[i].name.c_str(), pn.y,
                      results[i].name.c_str());
       std::fprintf(f, "\n");
     }
@@ -218,11 +224,11 @@ int full(const std::string& out_dir, index_t steps, bool variants) {
 
   std::printf(
       "\n| run | parameters (end) | steps | training FLOPs | val loss (nats/char) | perplexity | "
-      "wall time (s) |\n|---|---|---|---|---|---|---|\n");
+      "wall time (s) | CPU time (s) |\n|---|---|---|---|---|---|---|---|\n");
   for (const auto& r : results) {
-    std::printf("| %s | %lld | %lld | %.3e | %.4f | %.3f | %.0f |\n", r.name.c_str(),
+    std::printf("| %s | %lld | %lld | %.3e | %.4f | %.3f | %.0f | %.0f |\n", r.name.c_str(),
                 static_cast<long long>(r.parameters_final), static_cast<long long>(r.steps),
-                r.train_flops, r.val_loss, std::exp(r.val_loss), r.seconds);
+                r.train_flops, r.val_loss, std::exp(r.val_loss), r.seconds, r.cpu_seconds);
   }
   return 0;
 }

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <ctime>
 #include <ffnkit/ffnkit.hpp>
 #include <filesystem>
 #include <fstream>
@@ -568,13 +569,15 @@ struct TrainOptions {
 
 struct CurvePoint {
   index_t step;
-  double train_flops, train_loss, val_loss, alpha, seconds;
+  double train_flops, train_loss, val_loss, alpha, seconds, cpu_seconds;
 };
 
 struct RunResult {
   std::string name;
   index_t steps = 0, parameters_final = 0;
-  double train_flops = 0, val_loss = 0, seconds = 0;
+  // Wall time and process CPU time of the training steps (evaluations excluded). With one thread
+  // on a machine shared with other jobs, CPU time is the steadier measure of the work done.
+  double train_flops = 0, val_loss = 0, seconds = 0, cpu_seconds = 0;
   std::size_t guide_bytes_freed = 0;
   std::vector<CurvePoint> curve;
 };
@@ -617,12 +620,12 @@ RunResult train(const std::string& name, Model<Layer>& m, const Corpus& c, const
   AdamW opt;
   ffnkit::Rng rng(o.data_seed);  // the same batches, in the same order, for every run
   std::vector<index_t> batch(static_cast<std::size_t>(o.batch));
-  double train_sum = 0, seconds = 0;
+  double train_sum = 0, seconds = 0, cpu = 0;
   index_t train_n = 0;
   auto record = [&](index_t step) {
     const double val = evaluate(m, c.val, eval_pos);  // not timed, not counted
     res.curve.push_back(
-        {step, res.train_flops, train_n ? train_sum / train_n : val, val, m.alpha(), seconds});
+        {step, res.train_flops, train_n ? train_sum / train_n : val, val, m.alpha(), seconds, cpu});
     if (o.verbose)
       std::printf("  %-18s step %5lld  train %.4f  val %.4f  alpha %.3f  %.1f s\n", name.c_str(),
                   static_cast<long long>(step), train_n ? train_sum / train_n : val, val, m.alpha(),
@@ -636,6 +639,7 @@ RunResult train(const std::string& name, Model<Layer>& m, const Corpus& c, const
   for (index_t step = 0; step < o.steps; ++step) {
     for (auto& p : batch) p = w + static_cast<index_t>(rng.next_u64() % std::uint64_t(n - w));
     const auto t0 = Clock::now();
+    const std::clock_t c0 = std::clock();
     const double loss = m.forward(c.train, batch, true);
     m.backward();
     opt.step(m.slots(), learning_rate(step, o.steps, o.warmup, o.lr));
@@ -643,12 +647,14 @@ RunResult train(const std::string& name, Model<Layer>& m, const Corpus& c, const
     if (after_step) after_step(step + 1, opt);
     res.guide_bytes_freed += m.drop_finished_guides(opt);
     seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    cpu += static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
     res.train_flops += 3.0 * m.last_forward_flops();
     train_sum += loss;
     ++train_n;
     if ((step + 1) % o.eval_every == 0 || step + 1 == o.steps) record(step + 1);
   }
   res.seconds = seconds;
+  res.cpu_seconds = cpu;
   res.val_loss = evaluate(m, c.val, eval_positions(c.val, w, o.final_eval_tokens));
   res.parameters_final = m.parameter_count();
   return res;
