@@ -16,6 +16,7 @@
 //                                 the other self-guided settings tried (docs/self_guided.md):
 //                                 the guide over the first quarter, and equal steps instead of
 //                                 equal FLOPs. Writes DIR/self_guided_variants_curves.csv.
+//   --only RUN,...                only the named runs; --lr X: another peak learning rate.
 //
 // FLOP matching (the paper's FLOP-matched mode): the self-guided run spends extra FLOPs on the
 // dense branch while α > 0, so it gets fewer optimizer steps, on the same batch size, the same
@@ -124,14 +125,21 @@ index_t flop_matched_steps(const StepCost& cost, index_t plain_steps, index_t ba
 // ------------------------------------------------------------------------------------------------
 // The experiment.
 // ------------------------------------------------------------------------------------------------
-int full(const std::string& out_dir, index_t steps, bool variants) {
+// `only`: a comma-separated list of run names to run (all when empty); `lr`: the peak learning
+// rate of every run (0: TrainOptions' default).
+int full(const std::string& out_dir, index_t steps, bool variants, const std::string& only,
+         double lr) {
   const Corpus corpus = load_fortunes();
   std::printf("corpus: %zu files, %zu fortunes, %zu train / %zu validation characters\n",
               corpus.files, corpus.fortunes, corpus.train.size(), corpus.val.size());
   const Config cfg;  // d = 192, d_ff = 768, 3 blocks, window 32, embeddings 16
   TrainOptions o;
   o.steps = steps;
+  if (lr > 0) o.lr = lr;
   std::vector<RunResult> results;
+  auto want = [&](const std::string& name) {
+    return only.empty() || ("," + only + ",").find("," + name + ",") != std::string::npos;
+  };
   const std::uint64_t seed = 42;  // every run: the same init for the same layer type, same batches
 
   auto lr_make = std::function<LR(index_t, index_t, std::uint64_t)>(lowrank_layers(cfg));
@@ -139,6 +147,7 @@ int full(const std::string& out_dir, index_t steps, bool variants) {
   // A self-guided run whose guides decay over the first `ratio` of its steps; FLOP-matched to
   // `steps` plain steps unless `equal_steps`.
   auto run_guided = [&](const std::string& name, auto make, double ratio, bool equal_steps) {
+    if (!want(name)) return;
     using S = typename decltype(make)::result_type;
     TrainOptions og = o;
     og.steps =
@@ -150,16 +159,16 @@ int full(const std::string& out_dir, index_t steps, bool variants) {
   };
 
   if (!variants) {
-    {
+    if (want("dense")) {
       Model<Linear> m(cfg, dense_layers(), seed);
       results.push_back(train("dense", m, corpus, o));
     }
-    {
+    if (want("lowrank")) {
       Model<LR> m(cfg, lr_make, seed);
       results.push_back(train("lowrank", m, corpus, o));
     }
     run_guided("lowrank-guided", lr_make, 0.5, false);
-    {
+    if (want("blockdense")) {
       Model<BD> m(cfg, bd_make, seed);
       results.push_back(train("blockdense", m, corpus, o));
     }
@@ -367,6 +376,8 @@ int self_check() {
 
 int main(int argc, char** argv) {
   bool run_full = false, variants = false;
+  std::string only;
+  double lr = 0;
   std::string out_dir = ".";
   index_t steps = 3000;
   for (int i = 1; i < argc; ++i) {
@@ -376,12 +387,19 @@ int main(int argc, char** argv) {
       run_full = variants = true;
     } else if (!std::strcmp(argv[i], "--out") && i + 1 < argc) {
       out_dir = argv[++i];
+    } else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) {
+      only = argv[++i];
+    } else if (!std::strcmp(argv[i], "--lr") && i + 1 < argc) {
+      lr = std::atof(argv[++i]);
     } else if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
       steps = std::atoll(argv[++i]);
     } else {
-      std::fprintf(stderr, "usage: %s [--full|--variants [--out DIR] [--steps N]]\n", argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--full|--variants [--out DIR] [--steps N] [--only RUN,...] [--lr X]]\n",
+          argv[0]);
       return 2;
     }
   }
-  return run_full ? full(out_dir, steps, variants) : self_check();
+  return run_full ? full(out_dir, steps, variants, only, lr) : self_check();
 }
