@@ -1,7 +1,7 @@
 // Example 07: self-guided training (SPEC §1.7) demonstrated on real text, with a character-level
 // language model (examples/char_lm/char_lm.hpp) trained on the Debian `fortunes` package.
 //
-//   example_07_char_lm            the self-check (a ctest test, well under a minute): a tiny model,
+//   example_07_char_lm            the self-check (a ctest test, seconds in Release): a tiny model,
 //                                 a few hundred steps, LowRank and BlockDense under self-guided
 //                                 training; checks that the loss falls, that α follows the cosine
 //                                 schedule, and that dropping the guides changes no output and
