@@ -5,7 +5,8 @@
 //                                 a few hundred steps, LowRank and BlockDense under self-guided
 //                                 training; checks that the loss falls, that α follows the cosine
 //                                 schedule, and that dropping the guides changes no output and
-//                                 frees exactly the guides' memory. Prints OK.
+//                                 frees exactly the guides' memory; and the model's gradients
+//                                 against finite differences. Prints OK.
 //   example_07_char_lm --full [--out DIR] [--steps N]
 //                                 the experiment (docs/self_guided.md): dense FFN; LowRank and
 //                                 BlockDense at 32% of the dense FFN's parameters, each trained
