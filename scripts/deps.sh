@@ -1,7 +1,8 @@
 # Sourced by scripts/bench and scripts/test: makes sure the Debian packages ffnkit builds with are
 # installed. As root it installs what is missing; otherwise it prints the exact command and stops.
+# `fortunes` is data, not a build dependency: the English text example 07 (a test) trains on.
 FFNKIT_DEPS=(cmake make g++ libeigen3-dev libopenblas-openmp-dev libgtest-dev libbenchmark-dev
-             libboost-context-dev)
+             libboost-context-dev fortunes)
 
 ffnkit_ensure_deps() {
   local missing=()
