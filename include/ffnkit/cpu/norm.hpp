@@ -409,7 +409,7 @@ class SoftmaxLinear<T, Cpu> {
   using Backend = Cpu;
 
   // key_tile: keys per tile; query_block: query rows sharing one sweep over V.
-  explicit SoftmaxLinear(index_t key_tile = 256, index_t query_block = 32)
+  explicit SoftmaxLinear(index_t key_tile = 256, index_t query_block = 64)
       : key_tile_(key_tile), query_block_(query_block) {
     check_positive("SoftmaxLinear", "key_tile", key_tile);
     check_positive("SoftmaxLinear", "query_block", query_block);
