@@ -408,8 +408,10 @@ class SoftmaxLinear<T, Cpu> {
   using Scalar = T;
   using Backend = Cpu;
 
-  // key_tile: keys per tile; query_block: query rows sharing one sweep over V.
-  explicit SoftmaxLinear(index_t key_tile = 256, index_t query_block = 64)
+  // key_tile: keys per tile; query_block: query rows sharing one sweep over V. Every query block
+  // re-reads all of V (8 MB at 16384 keys x 128 dims), so blocks are as large as L2 allows: a
+  // 128 x 256 fp32 P tile (128 KB) plus 128 x dim accumulators (64 KB) sit in a 1 MB L2.
+  explicit SoftmaxLinear(index_t key_tile = 256, index_t query_block = 128)
       : key_tile_(key_tile), query_block_(query_block) {
     check_positive("SoftmaxLinear", "key_tile", key_tile);
     check_positive("SoftmaxLinear", "query_block", query_block);
