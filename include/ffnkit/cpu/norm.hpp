@@ -200,7 +200,9 @@ class NormLinearCpu {
     const index_t n = in_;
     const T eps = static_cast<T>(eps_);
     const MatrixView<T> xn(s.normalized, x.rows, n);
-    cpu::parallel_for(x.rows, 3 * n, [&](std::int64_t t) {
+    // Serial at decode sizes, as the fused LayerNorm statistics are.
+    const std::int64_t cost = x.rows <= cpu::kNormDecodeTokens ? 0 : 3 * n;
+    cpu::parallel_for(x.rows, cost, [&](std::int64_t t) {
       write_normalized(x.row(t), cpu::row_stats(x.row(t), n, kLayerNorm, eps), xn.row(t));
     });
     const T* b = b_.data();
@@ -269,7 +271,10 @@ class NormLinearCpu {
     cpu::NormStat<T>* stats = s.stats;
     // The statistics first (read-only over x; at decode sizes a few microseconds): the call's
     // worst |μ|/σ picks the deferred or the centered correction before the product starts.
-    cpu::parallel_for(tokens, 2 * n, [&](std::int64_t t) {
+    // At decode sizes (<= 16 tokens, microseconds of work) on the calling thread: a fork-join
+    // would cost more than it saves.
+    const std::int64_t cost = tokens <= cpu::kNormDecodeTokens ? 0 : 2 * n;
+    cpu::parallel_for(tokens, cost, [&](std::int64_t t) {
       stats[t] = cpu::row_stats(x.row(t), n, true, eps);
       if (normalized.data) write_normalized(x.row(t), stats[t], normalized.row(t));
     });
@@ -291,7 +296,7 @@ class NormLinearCpu {
       return;
     }
     const MatrixView<T> xc(s.normalized, tokens, n);
-    cpu::parallel_for(tokens, 2 * n, [&](std::int64_t t) {
+    cpu::parallel_for(tokens, cost, [&](std::int64_t t) {
       Eigen::Map<Arr>(xc.row(t), n) = Eigen::Map<const Arr>(x.row(t), n) - stats[t].mean;
     });
     auto epilogue = [&](index_t t, const cpu::NormStat<T>& st, index_t j0, index_t count) {
