@@ -133,9 +133,8 @@ class NormLinearCpu {
   const T* folded_weight() const { return wf_.data(); }
   const T* row_sums() const { return c_.data(); }
   const T* folded_bias() const { return bf_.data(); }
-  index_t parameter_count() const {
-    return in_ * out_ + out_ + in_ * (kLayerNorm ? 2 : 1) + (kLayerNorm ? out_ : 0);
-  }
+  // The modules' own parameters (W, b, γ and β), not the folded copies.
+  index_t parameter_count() const { return in_ * out_ + out_ + in_ * (kLayerNorm ? 2 : 1); }
   double flops_per_token() const { return 2.0 * static_cast<double>(in_) * out_; }
 
   // Bytes of scratch `forward_unfused` needs for `tokens` tokens (the normalized copy of x and the
@@ -173,19 +172,6 @@ class NormLinearCpu {
     };
     cpu::norm_linear_product(x, wf_.data(), out_, y, s.stats, prologue, epilogue);
   }
-
-  // LayerNorm only: the largest |μ|/σ of a call's tokens up to which `forward` uses the deferred
-  // mean correction y = r (W'x − μ c) + b'. Above it, the product's rounding of the |μ|-sized
-  // terms of W'x dominates (its relative error grows like u |μ|/σ, docs/deferred_norm.md), so the
-  // call subtracts μ from x first (one write pass, like the unfused path, but r stays deferred).
-  // Infinity: always deferred; 0: always centered.
-  void set_center_threshold(double mu_over_sigma) {
-    if (!(mu_over_sigma >= 0))
-      fail("LayerNormLinear::set_center_threshold", "mu_over_sigma = ", mu_over_sigma,
-           ", must be >= 0");
-    center_threshold_ = mu_over_sigma;
-  }
-  double center_threshold() const { return center_threshold_; }
 
   // The unfused reference path (SPEC §1.10's baseline): normalize x into a buffer (the norm as its
   // own pass, γ and β applied), then the same product driver on the original W, with the bias in
@@ -227,6 +213,19 @@ class NormLinearCpu {
   }
 
  protected:
+  // LayerNorm only: the largest |μ|/σ of a call's tokens up to which `forward` uses the deferred
+  // mean correction y = r (W'x − μ c) + b'. Above it, the product's rounding of the |μ|-sized
+  // terms of W'x dominates (its relative error grows like u |μ|/σ, docs/deferred_norm.md), so the
+  // call subtracts μ from x first (one write pass, like the unfused path, but r stays deferred).
+  // Infinity: always deferred; 0: always centered.
+  void set_center_threshold(double mu_over_sigma) {
+    if (!(mu_over_sigma >= 0))
+      fail("LayerNormLinear::set_center_threshold", "mu_over_sigma = ", mu_over_sigma,
+           ", must be >= 0");
+    center_threshold_ = mu_over_sigma;
+  }
+  double center_threshold() const { return center_threshold_; }
+
   // gamma, beta, bias may be null (γ = 1, β = 0, b = 0). The fold runs in double and rounds once.
   NormLinearCpu(const char* where, index_t in_features, index_t out_features, const T* gamma,
                 const T* beta, const T* weight, const T* bias, double eps)
@@ -386,6 +385,8 @@ class RMSNormLinear<T, Cpu> : public detail::NormLinearCpu<T, false> {
 template <class T>
 class LayerNormLinear<T, Cpu> : public detail::NormLinearCpu<T, true> {
  public:
+  using detail::NormLinearCpu<T, true>::set_center_threshold;
+  using detail::NormLinearCpu<T, true>::center_threshold;
   LayerNormLinear() = default;
   // gamma, beta: [in] (null: 1 and 0), weight: [out x in] (nn.Linear), bias: [out] or null.
   LayerNormLinear(index_t in_features, index_t out_features, const T* gamma, const T* beta,
