@@ -437,8 +437,11 @@ class SoftmaxLinear<T, Cpu> {
     constexpr const char* where = "SoftmaxLinear::forward";
     check_io(where, s, v, y, mask);
     const index_t q = s.rows, keys = s.cols, dim = v.cols;
-    const index_t blocks = (q + query_block_ - 1) / query_block_;
     const int threads = cpu::max_threads();
+    // Enough query blocks for every thread when there are enough queries (128 queries on 2
+    // threads: two blocks of 64, not one of 128 on one thread).
+    const index_t qb = std::max<index_t>(1, std::min(query_block_, (q + threads - 1) / threads));
+    const index_t blocks = (q + qb - 1) / qb;
     // Few query blocks (decode) cannot fill the threads: split the keys too, as flash-decoding
     // does, and merge the partial (max, sum, numerator) triples afterwards.
     index_t splits = 1;
@@ -448,7 +451,6 @@ class SoftmaxLinear<T, Cpu> {
         ((keys + splits - 1) / splits + key_tile_ - 1) / key_tile_ * key_tile_;
     splits = (keys + per_split - 1) / per_split;
     const index_t items = blocks * splits;
-    const index_t qb = query_block_;
     std::vector<T> part_m, part_l, part_acc;
     if (splits > 1) {
       part_m.resize(static_cast<std::size_t>(items * qb));
