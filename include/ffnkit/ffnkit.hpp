@@ -5,3 +5,4 @@
 #include "ffnkit/dense.hpp"
 #include "ffnkit/self_guided.hpp"
 #include "ffnkit/structured.hpp"
+#include "ffnkit/norm.hpp"

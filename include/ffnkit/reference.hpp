@@ -4,3 +4,4 @@
 #include "ffnkit/reference/compare.hpp"
 #include "ffnkit/reference/dense.hpp"
 #include "ffnkit/reference/structured.hpp"
+#include "ffnkit/reference/norm.hpp"

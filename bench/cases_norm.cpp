@@ -1,0 +1,261 @@
+// Deferred normalization (SPEC §1.10, issue 6): fused against unfused in the same run.
+//  - Main-table cases (ffnkit_bench --table): rmsnorm_linear and layernorm_linear at d -> 4d, each
+//    against its own unfused path (the `vs dense` column of those rows is vs unfused).
+//  - The full suite (ffnkit_bench_norm, see register_norm_suite): d in {768, 2048, 4096} into
+//    d_out in {d, 4d}, tokens in {1, 16, 128, 2048}; Softmax V at sequence lengths
+//    {128, 1024, 4096, 16384}, head dim 64 and 128, one-pass against three-pass. Each benchmark
+//    alternates the two paths inside one timing loop, so drift on a shared machine hits both, and
+//    reports their ratio as the `speedup` counter.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ffnkit/norm.hpp"
+#include "ffnkit/reference.hpp"
+#include "harness.hpp"
+
+namespace ffnkit {
+namespace bench {
+
+namespace {
+
+double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Parameters of a norm -> linear layer of the given shape (seeded, variance 1 / fan-in).
+struct NormParams {
+  std::vector<float> gamma, beta, weight, bias;
+  NormParams(index_t n, index_t m) : gamma(n), beta(n), weight(n * m), bias(m) {
+    fill_normal(gamma.data(), n, 1, 1.0, 0.1);
+    fill_normal(beta.data(), n, 2, 0.0, 0.1);
+    fill_normal(weight.data(), n * m, 3, 0.0, 1.0 / std::sqrt(static_cast<double>(n)));
+    fill_normal(bias.data(), m, 4, 0.0, 0.1);
+  }
+};
+
+template <bool kLayerNorm>
+using NormLayer = std::conditional_t<kLayerNorm, LayerNormLinear<float>, RMSNormLinear<float>>;
+
+template <bool kLayerNorm>
+NormLayer<kLayerNorm> make_layer(index_t n, index_t m, const NormParams& p) {
+  if constexpr (kLayerNorm)
+    return LayerNormLinear<float>(n, m, p.gamma.data(), p.beta.data(), p.weight.data(),
+                                  p.bias.data());
+  else
+    return RMSNormLinear<float>(n, m, p.gamma.data(), p.weight.data(), p.bias.data());
+}
+
+// One layer, its input and output at one shape: the main table's runner.
+template <bool kLayerNorm>
+class NormRunner : public Runner {
+ public:
+  NormRunner(index_t n, index_t m, index_t tokens, bool fused)
+      : n_(n),
+        m_(m),
+        t_(tokens),
+        fused_(fused),
+        p_(n, m),
+        layer_(make_layer<kLayerNorm>(n, m, p_)),
+        x_(tokens * n),
+        y_(tokens * m),
+        ws_(layer_.workspace_size(tokens)) {
+    fill_normal(x_.data(), tokens * n, 7, 0.0, 1.0);
+  }
+  void run() override {
+    const MatrixView<const float> x(x_.data(), t_, n_);
+    const MatrixView<float> y(y_.data(), t_, m_);
+    const Workspace ws{ws_.data(), ws_.size()};
+    if (fused_)
+      layer_.forward(x, y, ws);
+    else
+      layer_.forward_unfused(x, y, ws);
+    benchmark::DoNotOptimize(y_.data());
+  }
+  double flops() const override { return 2.0 * n_ * m_ * t_; }
+  double bytes() const override { return 4.0 * (n_ * m_ + t_ * (n_ + m_)); }
+  double max_rel_error() override {
+    const auto rows = sampled_tokens(t_);
+    std::vector<double> xs, ys;
+    for (index_t t : rows) {
+      xs.insert(xs.end(), x_.begin() + t * n_, x_.begin() + (t + 1) * n_);
+      ys.insert(ys.end(), y_.begin() + t * m_, y_.begin() + (t + 1) * m_);
+    }
+    const auto d = [](const std::vector<float>& v) {
+      return std::vector<double>(v.begin(), v.end());
+    };
+    const auto ref = reference::norm_linear(
+        kLayerNorm, xs, static_cast<index_t>(rows.size()), n_, m_, d(p_.gamma),
+        kLayerNorm ? d(p_.beta) : std::vector<double>(), d(p_.weight), d(p_.bias), layer_.eps());
+    return reference::compare(ys.data(), static_cast<index_t>(rows.size()), m_, m_, ref).max_rel;
+  }
+
+ private:
+  index_t n_, m_, t_;
+  bool fused_;
+  NormParams p_;
+  NormLayer<kLayerNorm> layer_;
+  std::vector<float> x_, y_;
+  std::vector<unsigned char> ws_;
+};
+
+LayerCase norm_case(const char* name, const char* description, const char* baseline,
+                    std::function<std::unique_ptr<Runner>(const Shape&)> make) {
+  LayerCase c{name, description, std::move(make)};
+  c.baseline = baseline;
+  return c;
+}
+
+// The table's norm rows: d_model -> d_ff (= 4d), the up-projection a pre-norm block feeds.
+const RegisterCase table_cases[] = {
+    RegisterCase(norm_case(
+        "rmsnorm_linear_unfused", "RMSNorm then Linear d -> 4d (unfused)", "rmsnorm_linear_unfused",
+        [](const Shape& s) {
+          return std::make_unique<NormRunner<false>>(s.d_model, s.d_ff, s.tokens, false);
+        })),
+    RegisterCase(norm_case("rmsnorm_linear", "RMSNorm deferred into Linear d -> 4d (vs unfused)",
+                           "rmsnorm_linear_unfused",
+                           [](const Shape& s) {
+                             return std::make_unique<NormRunner<false>>(s.d_model, s.d_ff, s.tokens,
+                                                                        true);
+                           })),
+    RegisterCase(norm_case("layernorm_linear_unfused", "LayerNorm then Linear d -> 4d (unfused)",
+                           "layernorm_linear_unfused",
+                           [](const Shape& s) {
+                             return std::make_unique<NormRunner<true>>(s.d_model, s.d_ff, s.tokens,
+                                                                       false);
+                           })),
+    RegisterCase(
+        norm_case("layernorm_linear", "LayerNorm deferred into Linear d -> 4d (vs unfused)",
+                  "layernorm_linear_unfused",
+                  [](const Shape& s) {
+                    return std::make_unique<NormRunner<true>>(s.d_model, s.d_ff, s.tokens, true);
+                  })),
+};
+
+// Times `a` and `b` alternately, once each per benchmark iteration; the iteration time is a's.
+// Counters: both medians in ms and speedup = median(b) / median(a).
+template <class A, class B>
+void paired(benchmark::State& state, A&& a, B&& b, const char* a_name, const char* b_name) {
+  a();
+  b();  // warm-up: first touch of buffers and weights
+  std::vector<double> ta, tb;
+  for (auto _ : state) {
+    double t0 = seconds_now();
+    a();
+    const double da = seconds_now() - t0;
+    t0 = seconds_now();
+    b();
+    tb.push_back(seconds_now() - t0);
+    ta.push_back(da);
+    state.SetIterationTime(da);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  };
+  const double ma = median(ta), mb = median(tb);
+  state.counters[std::string(a_name) + "_ms"] = ma * 1e3;
+  state.counters[std::string(b_name) + "_ms"] = mb * 1e3;
+  state.counters["speedup"] = ma > 0 ? mb / ma : 0.0;
+}
+
+template <bool kLayerNorm>
+void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
+  const NormParams p(n, m);
+  const auto layer = make_layer<kLayerNorm>(n, m, p);
+  std::vector<float> x(tokens * n), y(tokens * m), xn(tokens * n);
+  fill_normal(x.data(), tokens * n, 7, 0.0, 1.0);
+  std::vector<unsigned char> ws(layer.workspace_size(tokens));
+  const MatrixView<const float> xv(x.data(), tokens, n);
+  const MatrixView<float> yv(y.data(), tokens, m);
+  const Workspace w{ws.data(), ws.size()};
+  paired(
+      state, [&] { layer.forward(xv, yv, w); }, [&] { layer.forward_unfused(xv, yv, w); }, "fused",
+      "unfused");
+  // The share of the unfused time its normalization pass takes: unfused minus the same product
+  // driver (and bias epilogue) run alone on an already-normalized input.
+  const float* b = p.bias.data();
+  auto product = [&] {
+    cpu::norm_linear_product(
+        MatrixView<const float>(xn.data(), tokens, n), p.weight.data(), m, yv,
+        reinterpret_cast<cpu::NormStat<float>*>(ws.data()),
+        [](index_t, cpu::NormStat<float>&, bool) {},
+        [&](index_t t, const cpu::NormStat<float>&, index_t j0, index_t count) {
+          Eigen::Map<Eigen::ArrayXf>(yv.row(t) + j0, count) +=
+              Eigen::Map<const Eigen::ArrayXf>(b + j0, count);
+        });
+  };
+  std::vector<double> tp, tu;
+  for (int i = 0; i < 5; ++i) {
+    double t0 = seconds_now();
+    product();
+    tp.push_back(seconds_now() - t0);
+    t0 = seconds_now();
+    layer.forward_unfused(xv, yv, w);
+    tu.push_back(seconds_now() - t0);
+  }
+  std::sort(tp.begin(), tp.end());
+  std::sort(tu.begin(), tu.end());
+  state.counters["norm_pass_share"] = std::max(0.0, 1.0 - tp[2] / tu[2]);
+  state.counters["tokens"] = static_cast<double>(tokens);
+}
+
+void bm_softmax(benchmark::State& state, index_t seq, index_t dim) {
+  // A block of up to 512 queries against `seq` keys (a chunk of a long prefill).
+  const index_t q = std::min<index_t>(seq, 512);
+  std::vector<float> s(q * seq), v(seq * dim), y(q * dim);
+  fill_normal(s.data(), q * seq, 1, 0.0, 3.0);
+  fill_normal(v.data(), seq * dim, 2, 0.0, 1.0);
+  const SoftmaxLinear<float> op;
+  std::vector<unsigned char> ws(op.workspace_size(q, seq));
+  const MatrixView<const float> sv(s.data(), q, seq), vv(v.data(), seq, dim);
+  const MatrixView<float> yv(y.data(), q, dim);
+  paired(
+      state, [&] { op.forward(sv, vv, yv); },
+      [&] {
+        op.forward_unfused(sv, vv, yv, {}, Workspace{ws.data(), ws.size()});
+      },
+      "one_pass", "three_pass");
+  state.counters["queries"] = static_cast<double>(q);
+}
+
+}  // namespace
+
+// Registers the full suite; called by ffnkit_bench_norm's main (bench/norm_main.cpp) only, so the
+// main table and its smoke test stay small.
+void register_norm_suite() {
+  for (index_t d : {768, 2048, 4096}) {
+    for (index_t mult : {1, 4}) {
+      for (index_t t : {1, 16, 128, 2048}) {
+        const std::string shape = "/d=" + std::to_string(d) + "/out=" + std::to_string(mult * d) +
+                                  "/tokens=" + std::to_string(t);
+        benchmark::RegisterBenchmark(
+            ("rmsnorm_linear" + shape).c_str(),
+            [=](benchmark::State& st) { bm_norm<false>(st, d, mult * d, t); })
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(
+            ("layernorm_linear" + shape).c_str(),
+            [=](benchmark::State& st) { bm_norm<true>(st, d, mult * d, t); })
+            ->UseManualTime()
+            ->Unit(benchmark::kMillisecond);
+      }
+    }
+  }
+  for (index_t seq : {128, 1024, 4096, 16384}) {
+    for (index_t dim : {64, 128}) {
+      benchmark::RegisterBenchmark(
+          ("softmax_v/seq=" + std::to_string(seq) + "/dim=" + std::to_string(dim)).c_str(),
+          [=](benchmark::State& st) { bm_softmax(st, seq, dim); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+  }
+}
+
+}  // namespace bench
+}  // namespace ffnkit
