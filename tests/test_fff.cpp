@@ -258,7 +258,9 @@ TEST(FffBackward, MatchesFiniteDifferencesOnFixedPaths) {
         w.w_in[r * n + j] += e;
       });
       EXPECT_PRED2(near, grads[0][r * n + j], num) << "w_in row " << r << " col " << j;
-      if (!v) EXPECT_EQ(grads[0][r * n + j], 0.0);
+      if (!v) {
+        EXPECT_EQ(grads[0][r * n + j], 0.0);
+      }
     }
     const double nb =
         fd([&](reference::FffWeights& w, std::vector<double>&, double e) { w.b_in[r] += e; });
@@ -269,7 +271,9 @@ TEST(FffBackward, MatchesFiniteDifferencesOnFixedPaths) {
         w.w_out[j * rows + r] += e;
       });
       EXPECT_PRED2(near, grads[2][r * m + j], num) << "w_out row " << r << " col " << j;
-      if (!v) EXPECT_EQ(grads[2][r * m + j], 0.0);
+      if (!v) {
+        EXPECT_EQ(grads[2][r * m + j], 0.0);
+      }
     }
   }
   EXPECT_LT(visited.size(), static_cast<std::size_t>(rows));  // some rows are untouched
@@ -438,8 +442,9 @@ void check_device_forward(const Case& c, std::uint64_t seed, bool same_path_bias
       yh.insert(yh.end(), y.data() + r * y.stride(), y.data() + r * y.stride() + c.out);
     EXPECT_TRUE(
         test::within_tolerance<float>(reference::compare(yh.data(), c.tokens, c.out, c.out, ref)));
-    if (same_path_bias)
+    if (same_path_bias) {
       for (std::int32_t l : leaves) EXPECT_EQ(l, 2 * ((index_t(1) << c.depth) - 1));
+    }
   });
 }
 

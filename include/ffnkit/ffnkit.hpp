@@ -3,5 +3,6 @@
 
 #include "ffnkit/core.hpp"
 #include "ffnkit/dense.hpp"
+#include "ffnkit/fff.hpp"
 #include "ffnkit/self_guided.hpp"
 #include "ffnkit/structured.hpp"

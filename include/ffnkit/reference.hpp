@@ -3,4 +3,5 @@
 
 #include "ffnkit/reference/compare.hpp"
 #include "ffnkit/reference/dense.hpp"
+#include "ffnkit/reference/fff.hpp"
 #include "ffnkit/reference/structured.hpp"

@@ -408,19 +408,22 @@ class FastFeedForward<T, Cpu> {
         std::vector<index_t> fillp(start.begin(), start.end() - 1);
         for (index_t t = 0; t < T_; ++t) order[fillp[at[t] - first]++] = t;
       }
-      // Buckets larger than a block are split into block-sized pieces, so both threads get work
-      // even when the tokens crowd into a few subtrees (the all-same-path input).
+      // Buckets much larger than a block are split, so both threads get work even when the
+      // tokens crowd into a few subtrees (the all-same-path input); a split bucket reads its
+      // subtree's rows once per piece, so the pieces are kept large.
       std::vector<Segment> pieces;
+      const index_t piece = 4 * block;
       for (index_t b = 0; b < buckets; ++b)
-        for (index_t i = start[b]; i < start[b + 1]; i += block)
-          pieces.push_back(Segment{first + b, i, std::min(start[b + 1], i + block)});
+        for (index_t i = start[b]; i < start[b + 1]; i += piece)
+          pieces.push_back(Segment{first + b, i, std::min(start[b + 1], i + piece)});
       cpu::parallel_for(static_cast<std::int64_t>(pieces.size()), cost, [&](std::int64_t p) {
         const Segment& pc = pieces[p];
         route(x, k, order.data() + pc.begin, pc.end - pc.begin, split, pc.node, levels, g.data(),
               nullptr, leaf.data());
       });
     }
-    // C: the output, in the last tree's bucket order.
+    // C: the output, in the last tree's leaf order (route() left `order` sorted by leaf within
+    // each piece), so tokens that share rows run back to back and find them in cache.
     cpu::parallel_for(T_, trees_ * levels * out_, [&](std::int64_t i) {
       thread_local std::vector<const T*> rows;
       rows.resize(static_cast<std::size_t>(trees_ * levels));
@@ -442,7 +445,7 @@ class FastFeedForward<T, Cpu> {
   // the row, single tokens for the rest), and the group is split stably into its two children.
   // Writes GELU(λ) of every level into g ([T x K x levels]) and, for the tokens leaving at
   // d_end, the node they reach (`at`, d_end < levels) or their leaf (`leaf`, d_end == levels).
-  void route(const MatrixView<const T>& x, index_t k, const index_t* tok, index_t count,
+  void route(const MatrixView<const T>& x, index_t k, index_t* tok, index_t count,
              index_t d_begin, index_t node, index_t d_end, T* g, index_t* at,
              std::int32_t* leaf) const {
     const index_t levels = depth_ + 1, nodes = nodes_per_tree();
@@ -499,6 +502,8 @@ class FastFeedForward<T, Cpu> {
     if (at)
       for (const Segment& sg : segs)
         for (index_t i = sg.begin; i < sg.end; ++i) at[idx[i]] = sg.node;
+    // Hand the final order (tokens sorted by the node they reached) back to the caller.
+    std::copy(idx.begin(), idx.begin() + count, tok);
   }
 
   index_t in_ = 0, out_ = 0, trees_ = 0, depth_ = 0;
