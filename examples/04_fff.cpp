@@ -50,7 +50,7 @@ int main() {
   const auto ref = reference::fff(w, x64.data(), tokens, &routing);
   int path_mismatches = 0;
   for (index_t t = 0; t < tokens; ++t)
-    if (leaves[t] != routing.leaves[t] && routing.min_margin[t] > 1e-4) ++path_mismatches;
+    if (leaves[t] != routing.leaves[t] && routing.min_margin[t] > 1e-5) ++path_mismatches;
   const auto err = reference::compare(y.data(), tokens, d, d, ref);
 
   // 3. Sparsity.

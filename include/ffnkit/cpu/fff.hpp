@@ -359,9 +359,10 @@ class FastFeedForward<T, Cpu> {
     index_t node, begin, end;
   };
 
-  // Tokens per routing block: their x rows (~512 KB) stay in L2 while the levels revisit them.
+  // Tokens per routing block: their x rows (256 KB, half of this machine's per-core L2) stay in
+  // L2 while the levels revisit them, next to the weight rows streaming through.
   index_t block_tokens() const {
-    return std::max<index_t>(16, (index_t(1) << 19) / (in_ * static_cast<index_t>(sizeof(T))));
+    return std::max<index_t>(16, (index_t(1) << 18) / (in_ * static_cast<index_t>(sizeof(T))));
   }
 
   // Many tokens. Per tree, two routing phases and then one output pass:
@@ -412,7 +413,7 @@ class FastFeedForward<T, Cpu> {
       // tokens crowd into a few subtrees (the all-same-path input); a split bucket reads its
       // subtree's rows once per piece, so the pieces are kept large.
       std::vector<Segment> pieces;
-      const index_t piece = 4 * block;
+      const index_t piece = 2 * block;
       for (index_t b = 0; b < buckets; ++b)
         for (index_t i = start[b]; i < start[b + 1]; i += piece)
           pieces.push_back(Segment{first + b, i, std::min(start[b + 1], i + piece)});
