@@ -143,6 +143,7 @@ TYPED_TEST(FffTest, TiesGoLeft) {
   bi[0] = T(0);                                  // root: a tie, left to node 1
   bi[1] = std::numeric_limits<T>::denorm_min();  // node 1: the smallest λ > 0, right to node 4
   bi[4] = -T(0);                                 // node 4: -0 is a tie too, left to node 9
+  bi[9] = T(1.5);  // the leaf: routes nothing, and gives y a scale the comparison can judge
   const FastFeedForward<T> f(n, m, 1, depth, wi.data(), bi.data(), wo.data());
   std::vector<T> xs(static_cast<std::size_t>(3 * n));
   for (index_t t = 0; t < 3; ++t)

@@ -62,11 +62,14 @@ inline std::vector<double> fff(const FffWeights& w, const double* x, index_t tok
       for (index_t d = 0; d <= w.depth; ++d) {
         if (fixed_leaves) n = path[d];
         const index_t row = k * nodes + n;
-        double lambda = w.b_in[row], wnorm = 0;
+        // <x, w_in> first, then + b_in, as SPEC §1.9 writes it: a bias far below the terms of the
+        // dot (a tie broken by the smallest subnormal) is not absorbed into them.
+        double dot = 0, wnorm = 0;
         for (index_t i = 0; i < N; ++i) {
-          lambda += xt[i] * w.w_in[row * N + i];
+          dot += xt[i] * w.w_in[row * N + i];
           wnorm += w.w_in[row * N + i] * w.w_in[row * N + i];
         }
+        const double lambda = dot + w.b_in[row];
         const double g = activation(Activation::kGeluErf, lambda);
         for (index_t m = 0; m < M; ++m) y[t * M + m] += g * w.w_out[m * K * nodes + row];
         if (routing) {
