@@ -239,8 +239,10 @@ class FastFeedForward<T, Cpu> {
     return w;
   }
 
-  // Token counts from which kAuto takes the grouped kernel (measured: bench/cases_fff.cpp).
-  static constexpr index_t kGroupedMinTokens = 32;
+  // Token counts from which kAuto takes the grouped kernel. Measured (docs/fff.md, 1 thread,
+  // d = 768, D = 11): the per-token walk wins at 1 token, the grouped kernel from 16 on; counts
+  // in between were not measured.
+  static constexpr index_t kGroupedMinTokens = 16;
 
   // y = Σ_k Σ_{n on token's path in tree k} GELU(λ_n) w_out[n] (SPEC §1.9). `leaves`, when given,
   // receives each token's leaf per tree ([tokens x K], node index inside the tree, heap order):
