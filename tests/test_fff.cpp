@@ -463,6 +463,26 @@ void device_suite() {
 
 #if defined(FFNKIT_WITH_CUDA_EMU)
 TEST(FffDevice, CudaEmuForwardMatchesOracleAndCpuPaths) { device_suite<CudaEmu>(); }
+// The device kernel's branch rule at exact ties: the TiesGoLeft weights (λ = b exactly).
+TEST(FffDevice, CudaEmuTiesGoLeft) {
+  const index_t n = 32, m = 8, depth = 3, rows = 15, tokens = 3;
+  std::vector<float> wi(static_cast<std::size_t>(rows * n)), bi(rows, 0.f), wo(m * rows, 0.01f);
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t j = 0; j < n; ++j) wi[r * n + j] = (j % 2) ? -1.f : 1.f;
+  bi[1] = std::numeric_limits<float>::denorm_min();  // right at node 1
+  bi[4] = -0.f;                                      // a tie at node 4: left
+  const FastFeedForward<float, CudaEmu> dev(n, m, 1, depth, wi.data(), bi.data(), wo.data());
+  std::vector<float> xs(static_cast<std::size_t>(tokens * n));
+  for (index_t t = 0; t < tokens; ++t)
+    for (index_t j = 0; j < n; ++j) xs[t * n + j] = static_cast<float>((j / 2) * (t + 1) - 5);
+  test::BackendBuffer<CudaEmu, float> x(xs.size()), y(static_cast<std::size_t>(tokens * m));
+  test::BackendBuffer<CudaEmu, std::int32_t> leaves(tokens);
+  x.upload(xs);
+  dev.forward(MatrixView<const float>(x.data(), tokens, n), MatrixView<float>(y.data(), tokens, m),
+              leaves.data());
+  for (std::int32_t l : leaves.download()) EXPECT_EQ(l, 9);
+}
+
 TEST(FffDevice, CudaEmuBadInputs) {
   const auto dev = FastFeedForward<float, CudaEmu>::random(16, 8, 1, 2, 1);
   test::BackendBuffer<CudaEmu, float> x(5 * 16), y(5 * 8);
