@@ -448,9 +448,8 @@ class FastFeedForward<T, Cpu> {
   // the row, single tokens for the rest), and the group is split stably into its two children.
   // Writes GELU(λ) of every level into g ([T x K x levels]) and, for the tokens leaving at
   // d_end, the node they reach (`at`, d_end < levels) or their leaf (`leaf`, d_end == levels).
-  void route(const MatrixView<const T>& x, index_t k, index_t* tok, index_t count,
-             index_t d_begin, index_t node, index_t d_end, T* g, index_t* at,
-             std::int32_t* leaf) const {
+  void route(const MatrixView<const T>& x, index_t k, index_t* tok, index_t count, index_t d_begin,
+             index_t node, index_t d_end, T* g, index_t* at, std::int32_t* leaf) const {
     const index_t levels = depth_ + 1, nodes = nodes_per_tree();
     thread_local std::vector<index_t> idx, tmp;
     thread_local std::vector<T> lam;
