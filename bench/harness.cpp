@@ -116,6 +116,7 @@ void run_case_or_throw(benchmark::State& state, const LayerCase& layer, const Sh
   state.counters["GB/s"] = runner->bytes() / per_run * 1e-9;
   state.counters["speedup_vs_dense"] = dense / per_run;
   state.counters["max_rel_err"] = runner->max_rel_error();
+  for (const auto& c : runner->extra_counters()) state.counters[c.first] = c.second;
 }
 
 }  // namespace

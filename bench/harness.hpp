@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ffnkit/core.hpp"
@@ -39,6 +40,8 @@ class Runner {
   // timed by the harness's clock.
   virtual bool device_timed() const { return false; }
   virtual double run_device_timed() { return 0.0; }
+  // Case-specific counters reported next to the common ones (e.g. FFF's distinct leaves hit).
+  virtual std::vector<std::pair<std::string, double>> extra_counters() const { return {}; }
 };
 
 struct LayerCase {

@@ -3,6 +3,7 @@
 
 #include "ffnkit/core.hpp"
 #include "ffnkit/dense.hpp"
+#include "ffnkit/fff.hpp"
 #include "ffnkit/self_guided.hpp"
 #include "ffnkit/structured.hpp"
 #include "ffnkit/norm.hpp"

@@ -84,6 +84,10 @@ struct DeviceApi;
     static void fill_zero(A&&... a) {                                               \
       ns::fill_zero(std::forward<A>(a)...);                                         \
     }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status fff_forward(A&&... a) {                                           \
+      return ns::FffForward<T>(std::forward<A>(a)...);                              \
+    }                                                                               \
   };
 
 #if defined(FFNKIT_WITH_CUDA)

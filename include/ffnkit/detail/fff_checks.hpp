@@ -1,0 +1,89 @@
+// Argument checks of the fast feedforward layer (SPEC §1.9), shared by every backend so that the
+// Cpu and device layers reject exactly the same inputs with exactly the same messages.
+#pragma once
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "ffnkit/core/error.hpp"
+#include "ffnkit/core/view.hpp"
+
+namespace ffnkit {
+namespace detail {
+
+// Deepest tree accepted before any size arithmetic: K·(2^(D+1) − 1) must fit the int32 node
+// indices a forward records per token (and 2^(D+1) must not overflow).
+constexpr index_t kFffMaxDepth = 29;
+
+// Bytes of physical memory, or 0 when the system does not say.
+inline double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+}
+
+// Checks the structure (widths, trees, depth) and that the weights fit in memory: K (2^(D+1) − 1)
+// neurons of N + 1 + M scalars each. Sizes are computed in double so nothing overflows first.
+inline void check_fff_args(const char* where, index_t in, index_t out, index_t trees, index_t depth,
+                           std::size_t scalar_bytes) {
+  check_positive(where, "in_features", in);
+  check_positive(where, "out_features", out);
+  check_positive(where, "trees", trees);
+  if (depth < 0) fail(where, "depth = ", depth, ", must be >= 0");
+  if (depth > kFffMaxDepth)
+    fail(where, "depth = ", depth, " is too large: 2^(depth+1) - 1 nodes per tree overflow the ",
+         "int32 node indices (max depth ", kFffMaxDepth, ")");
+  const double neurons =
+      static_cast<double>(trees) * (std::ldexp(1.0, static_cast<int>(depth) + 1) - 1);
+  if (neurons >= 2147483647.0)
+    fail(where, "trees = ", trees, " and depth = ", depth, " give ", neurons,
+         " neurons, more than the int32 node indices hold");
+  const double bytes =
+      neurons * static_cast<double>(in + out + 1) * static_cast<double>(scalar_bytes);
+  const double mem = physical_memory_bytes();
+  if (bytes >= 9.0e18 || (mem > 0 && bytes > mem))
+    fail(where, "depth = ", depth, " (trees = ", trees, ", in_features = ", in,
+         ", out_features = ", out, ") needs ", bytes,
+         " bytes of weights, more than this machine's ", mem, " bytes of memory");
+}
+
+template <class T>
+void check_fff_forward(const char* where, index_t in, index_t out, const MatrixView<const T>& x,
+                       const MatrixView<T>& y) {
+  check_activation(where, "x", x, in, "in_features");
+  check_activation(where, "y", y, out, "out_features");
+  check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
+  check_no_overlap(where, x, y);
+}
+
+// dx may be a view with null data: the caller does not want the input gradient.
+template <class T>
+void check_fff_backward(const char* where, index_t in, index_t out, const MatrixView<const T>& x,
+                        const std::int32_t* leaves, const MatrixView<const T>& dy,
+                        const MatrixView<T>& dx) {
+  check_activation(where, "x", x, in, "in_features");
+  check_not_null(where, "leaves", leaves);
+  check_activation(where, "dy", dy, out, "out_features");
+  check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
+  if (dx.data) {
+    check_activation(where, "dx", dx, in, "in_features");
+    check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
+    check_no_overlap(where, x, dx);
+    check_no_overlap(where, dy, dx);
+  }
+}
+
+// Every recorded leaf must be a leaf of a depth-D tree: 2^D − 1 <= leaf < 2^(D+1) − 1 (host
+// memory; device layers copy the leaves back first).
+inline void check_fff_leaves(const char* where, const std::int32_t* leaves, index_t tokens,
+                             index_t trees, index_t depth) {
+  const index_t first = (index_t(1) << depth) - 1, end = (index_t(2) << depth) - 1;
+  for (index_t i = 0; i < tokens * trees; ++i)
+    if (leaves[i] < first || leaves[i] >= end)
+      fail(where, "leaves[", i, "] (token ", i / trees, ", tree ", i % trees, ") = ", leaves[i],
+           " is not a leaf of a depth-", depth, " tree (leaves are ", first, "..", end - 1, ")");
+}
+
+}  // namespace detail
+}  // namespace ffnkit
