@@ -96,6 +96,10 @@ struct DeviceApi;
     static Status softmax_rows(A&&... a) {                                          \
       return ns::SoftmaxRows<T>(std::forward<A>(a)...);                             \
     }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status norm_decode(A&&... a) {                                           \
+      return ns::NormDecode<T>(std::forward<A>(a)...);                              \
+    }                                                                               \
     template <class... A>                                                           \
     static void gemm_strided_batched(A&&... a) {                                    \
       ns::gemm_strided_batched(std::forward<A>(a)...);                              \

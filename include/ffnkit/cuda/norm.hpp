@@ -38,6 +38,9 @@ class DeviceNormLinear {
   template <class U>
   using Buffer = typename Api::template Buffer<U>;
 
+  // At or below this many tokens forward runs the fused decode kernel (NormDecode).
+  static constexpr index_t kDecodeTokens = 16;
+
   DeviceNormLinear() = default;
   DeviceNormLinear(const DeviceNormLinear& o)
       : in_(o.in_),
@@ -88,6 +91,23 @@ class DeviceNormLinear {
     check_io(where, x, y, normalized);
     const index_t tokens = x.rows;
     Scratch s = scratch(where, workspace, tokens);
+    if (tokens <= kDecodeTokens) {
+      // Decode: statistics and GEMV in one kernel, μ subtracted in registers (no μ c term, so
+      // no centering pass and no readback whatever the threshold).
+      throw_if_error(
+          Api::template norm_decode<T>(x.data, x.row_stride, wf_.data(), y.data, y.row_stride,
+                                       tokens, in_, out_, kLayerNorm, static_cast<float>(eps_),
+                                       has_bias_ ? bf_.data() : nullptr, s.stats, stream),
+          where);
+      if (normalized.data)
+        throw_if_error(
+            Api::template normalize_rows<T>(x.data, x.row_stride, normalized.data,
+                                            normalized.row_stride, tokens, in_, s.stats, g_.data(),
+                                            kLayerNorm ? be_.data() : nullptr, true, stream),
+            where);
+      if (s.owned.data()) stream.synchronize();
+      return;
+    }
     throw_if_error(Api::template row_stats<T>(x.data, tokens, in_, x.row_stride, kLayerNorm,
                                               static_cast<float>(eps_), s.stats, stream),
                    where);

@@ -4,6 +4,7 @@
 //   NormalizeRows   out = γ ⊙ (x − μ) r + β (the unfused path, the side output); with
 //                   `scale_only` false and γ = β = null and r = 1: x − μ (the centered input)
 //   NormEpilogue    y = r (acc − μ c) + b', acc from the GEMM (fp32 or T)
+//   NormDecode      tokens <= 16: statistics and the GEMV in one kernel, warp per output row
 //   SoftmaxV        y = softmax(s + mask) V, one pass with an online running max
 // All arithmetic is fp32 whatever the storage type.
 #pragma once
@@ -189,6 +190,81 @@ __global__ void SoftmaxRowsKernel(const T* __restrict__ s, index_t s_stride,
   }
 }
 
+constexpr int kNormDecodeTokens = 16;  // the fused decode kernel's largest token count
+
+// The fused decode kernel, tokens <= kNormDecodeTokens: every block first reduces the statistics
+// of all tokens itself (x is at most 16 rows, cache-resident; block 0 also stores them in `stats`
+// for later kernels), then each warp takes output rows i (grid-stride) and sweeps W'[i, :] once
+// for all tokens, lanes striding over the inputs, accumulating W'[i, j] (x[t, j] − μ_t) in fp32:
+// μ is subtracted as x is loaded, so the product never carries the |μ|-sized terms that the
+// deferred μ c correction would cancel. Lane 0 writes y[t, i] = r_t acc_t + b'[i].
+template <class T>
+__global__ void NormDecodeKernel(const T* __restrict__ x, index_t x_stride, const T* __restrict__ w,
+                                 T* __restrict__ y, index_t y_stride, index_t tokens, index_t n,
+                                 index_t m, int layer_norm, float eps,
+                                 const float* __restrict__ bias, float* __restrict__ stats) {
+  using C = Convert<T>;
+  __shared__ float mean[kNormDecodeTokens];
+  __shared__ float rstd[kNormDecodeTokens];
+  __shared__ float part1[32];
+  __shared__ float part2[32];
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (index_t t = 0; t < tokens; ++t) {
+    const T* xr = x + t * x_stride;
+    const float k = layer_norm ? C::to_float(xr[0]) : 0.0f;
+    float s1 = 0.0f, s2 = 0.0f;
+    for (index_t c = threadIdx.x; c < n; c += blockDim.x) {
+      const float d = C::to_float(xr[c]) - k;
+      s1 += d;
+      s2 += d * d;
+    }
+    for (int off = 16; off > 0; off /= 2) {
+      s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+      s2 += __shfl_xor_sync(0xffffffffu, s2, off);
+    }
+    if (lane == 0) {
+      part1[warp] = s1;
+      part2[warp] = s2;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float t1 = 0.0f, t2 = 0.0f;
+      for (unsigned v = 0; v < warps; ++v) {
+        t1 += part1[v];
+        t2 += part2[v];
+      }
+      const float inv_n = 1.0f / static_cast<float>(n);
+      const float m1 = layer_norm ? t1 * inv_n : 0.0f;
+      float var = t2 * inv_n - m1 * m1;
+      if (!(var > 0.0f)) var = 0.0f;
+      mean[t] = k + m1;
+      rstd[t] = 1.0f / sqrtf(var + eps);
+      if (blockIdx.x == 0 && stats) {
+        stats[2 * t] = mean[t];
+        stats[2 * t + 1] = rstd[t];
+      }
+    }
+    __syncthreads();
+  }
+  const index_t warp_id = static_cast<index_t>(blockIdx.x) * warps + warp;
+  const index_t warp_count = static_cast<index_t>(gridDim.x) * warps;
+  for (index_t i = warp_id; i < m; i += warp_count) {
+    float acc[kNormDecodeTokens];
+    for (int t = 0; t < kNormDecodeTokens; ++t) acc[t] = 0.0f;
+    const T* wr = w + i * n;
+    for (index_t j = lane; j < n; j += 32) {
+      const float wv = C::to_float(wr[j]);
+      for (index_t t = 0; t < tokens; ++t)
+        acc[t] += wv * (C::to_float(x[t * x_stride + j]) - mean[t]);
+    }
+    for (index_t t = 0; t < tokens; ++t) {
+      float a = acc[t];
+      for (int off = 16; off > 0; off /= 2) a += __shfl_xor_sync(0xffffffffu, a, off);
+      if (lane == 0) y[t * y_stride + i] = C::from_float(a * rstd[t] + (bias ? bias[i] : 0.0f));
+    }
+  }
+}
+
 namespace detail {
 
 inline dim3 row_grid(index_t rows, index_t cols, unsigned threads) {
@@ -277,6 +353,20 @@ Status SoftmaxRows(const T* s, index_t s_stride, const T* mask, index_t mask_str
     return Status::kInvalidArgument;
   return launch(SoftmaxRowsKernel<T>, dim3(detail::row_blocks(rows)), dim3(32), 0, stream, s,
                 s_stride, mask, mask_stride, p, p_stride, rows, cols);
+}
+
+// The fused decode path (NormDecodeKernel): y = r (W' (x − μ)) + b' for tokens <= 16, in one
+// kernel. w: [m x n] contiguous; bias: [m] fp32 or null; stats: [2 tokens] fp32 or null.
+template <class T>
+Status NormDecode(const T* x, index_t x_stride, const T* w, T* y, index_t y_stride, index_t tokens,
+                  index_t n, index_t m, bool layer_norm, float eps, const float* bias, float* stats,
+                  const Stream& stream) {
+  if (x == nullptr || w == nullptr || y == nullptr || tokens <= 0 || tokens > kNormDecodeTokens ||
+      n <= 0 || m <= 0 || x_stride < n || y_stride < m || !(eps > 0.0f))
+    return Status::kInvalidArgument;
+  const unsigned warps = kNormThreads / 32;
+  return launch(NormDecodeKernel<T>, dim3(grid_blocks(m, warps)), dim3(kNormThreads), 0, stream, x,
+                x_stride, w, y, y_stride, tokens, n, m, layer_norm ? 1 : 0, eps, bias, stats);
 }
 
 }  // namespace FFNKIT_KERNEL_NS
