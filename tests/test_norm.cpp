@@ -28,7 +28,7 @@ class NormTest : public ::testing::Test {
   void SetUp() override { FFNKIT_SKIP_IF_UNAVAILABLE(B); }
 };
 
-// The device backends have no deferred-normalization layers yet (issue 6, item 4 is open).
+// The Cpu backend; the device backends (Cuda, CudaEmu) are tested in test_norm_cuda.cpp.
 using NormCombos = ::testing::Types<Combo<float, Cpu>, Combo<double, Cpu>>;
 TYPED_TEST_SUITE(NormTest, NormCombos, test::ComboName);
 

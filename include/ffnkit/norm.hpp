@@ -28,3 +28,6 @@ class SoftmaxLinear;
 }  // namespace ffnkit
 
 #include "ffnkit/cpu/norm.hpp"
+#if defined(FFNKIT_WITH_CUDA) || defined(FFNKIT_WITH_CUDA_EMU)
+#include "ffnkit/cuda/norm.hpp"
+#endif

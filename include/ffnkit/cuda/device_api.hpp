@@ -76,6 +76,30 @@ struct DeviceApi;
     static Status swiglu_grad(A&&... a) {                                           \
       return ns::SwiGluGrad<T>(std::forward<A>(a)...);                              \
     }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status row_stats(A&&... a) {                                             \
+      return ns::RowStats<T>(std::forward<A>(a)...);                                \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status normalize_rows(A&&... a) {                                        \
+      return ns::NormalizeRows<T>(std::forward<A>(a)...);                           \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status norm_epilogue(A&&... a) {                                         \
+      return ns::NormEpilogue<T>(std::forward<A>(a)...);                            \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status softmax_v(A&&... a) {                                             \
+      return ns::SoftmaxV<T>(std::forward<A>(a)...);                                \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status softmax_rows(A&&... a) {                                          \
+      return ns::SoftmaxRows<T>(std::forward<A>(a)...);                             \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status norm_decode(A&&... a) {                                           \
+      return ns::NormDecode<T>(std::forward<A>(a)...);                              \
+    }                                                                               \
     template <class... A>                                                           \
     static void gemm_strided_batched(A&&... a) {                                    \
       ns::gemm_strided_batched(std::forward<A>(a)...);                              \

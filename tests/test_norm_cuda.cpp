@@ -1,0 +1,461 @@
+// Deferred normalization (SPEC §1.10) on the device backends (CudaEmu always, Cuda when built):
+// RMSNormLinear, LayerNormLinear and SoftmaxLinear for float, __half and __nv_bfloat16, the fused
+// path against the unfused path against the float64 oracle, through sentinel-guarded device
+// mirrors with strided views, under two emulator schedule orders; mean offsets |μ|/σ up to 1000
+// against the stated bound, scores that overflow a naive exp, masked and fully masked rows, ε edge
+// cases, odd widths, 1 token and bad inputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+#include "ffnkit/norm.hpp"
+#include "ffnkit/reference.hpp"
+#include "support/harness.hpp"
+
+#if defined(FFNKIT_WITH_CUDA_EMU)
+
+namespace ffnkit {
+namespace {
+
+using test::BackendMatrix;
+using test::Combo;
+using test::GuardedMatrix;
+
+template <class P>
+class NormDeviceTest : public ::testing::Test {
+ protected:
+  using T = typename P::Scalar;
+  using B = typename P::Backend;
+  void SetUp() override { FFNKIT_SKIP_IF_UNAVAILABLE(B); }
+};
+
+using NormDeviceCombos = ::testing::Types<Combo<float, CudaEmu>, Combo<__half, CudaEmu>,
+                                          Combo<__nv_bfloat16, CudaEmu> FFNKIT_CUDA_COMBOS>;
+TYPED_TEST_SUITE(NormDeviceTest, NormDeviceCombos, test::ComboName);
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// The unit roundoff of the storage type.
+template <class T>
+double unit_roundoff() {
+  if (std::is_same<T, __half>::value) return std::ldexp(1.0, -11);
+  if (std::is_same<T, __nv_bfloat16>::value) return std::ldexp(1.0, -8);
+  return std::ldexp(1.0, -24);
+}
+
+template <class T>
+std::vector<T> from_double(const std::vector<double>& d) {
+  std::vector<T> v(d.size());
+  for (std::size_t i = 0; i < d.size(); ++i) v[i] = test::Scalar<T>::from_double(d[i]);
+  return v;
+}
+
+// One layer's host parameters, drawn in T and kept for the oracle.
+template <class T>
+struct DevNormCase {
+  index_t in, out;
+  bool layer_norm;
+  std::vector<T> gamma, beta, weight, bias;
+  double eps = 1e-5;
+
+  DevNormCase(bool ln, index_t n, index_t m, std::uint64_t seed, bool affine = true,
+              bool with_bias = true)
+      : in(n), out(m), layer_norm(ln) {
+    weight = test::random_vector<T>(n * m, seed, 1.0 / std::sqrt(static_cast<double>(n)));
+    if (affine) {
+      std::vector<double> g(static_cast<std::size_t>(n));
+      fill_normal(g.data(), n, seed + 1, 1.0, 0.3);
+      gamma = from_double<T>(g);
+      if (ln) beta = test::random_vector<T>(n, seed + 2, 0.3);
+    }
+    if (with_bias) bias = test::random_vector<T>(m, seed + 3, 0.3);
+  }
+  const T* ptr(const std::vector<T>& v) const { return v.empty() ? nullptr : v.data(); }
+  template <class B>
+  LayerNormLinear<T, B> make_ln() const {
+    return LayerNormLinear<T, B>(in, out, ptr(gamma), ptr(beta), weight.data(), ptr(bias), eps);
+  }
+  template <class B>
+  RMSNormLinear<T, B> make_rms() const {
+    return RMSNormLinear<T, B>(in, out, ptr(gamma), weight.data(), ptr(bias), eps);
+  }
+  std::vector<double> reference(const GuardedMatrix<T>& x,
+                                std::vector<double>* normalized = nullptr) const {
+    return reference::norm_linear(layer_norm, x.to_double(), x.rows(), in, out,
+                                  test::to_double(gamma), test::to_double(beta),
+                                  test::to_double(weight), test::to_double(bias), eps, normalized);
+  }
+};
+
+// Runs one path of `layer` on device mirrors of x into guarded y (and `xn`, if given).
+template <class B, class T, class Layer>
+void run_path(const Layer& layer, bool fused, GuardedMatrix<T>& x, GuardedMatrix<T>& y,
+              GuardedMatrix<T>* xn = nullptr, Workspace ws = {}) {
+  BackendMatrix<B, T> dx(x), dy(y);
+  if (xn) {
+    BackendMatrix<B, T> dn(*xn);
+    fused ? layer.forward(dx.cview(), dy.view(), ws, dn.view())
+          : layer.forward_unfused(dx.cview(), dy.view(), ws, dn.view());
+    dn.sync_to_host();
+  } else {
+    fused ? layer.forward(dx.cview(), dy.view(), ws)
+          : layer.forward_unfused(dx.cview(), dy.view(), ws);
+  }
+  dy.sync_to_host();
+}
+
+template <class B, class T, class Layer>
+void check_both_paths(const Layer& layer, const DevNormCase<T>& c, GuardedMatrix<T>& x,
+                      index_t pad) {
+  const auto ref = c.reference(x);
+  const index_t tokens = x.rows();
+  for (bool fused : {true, false}) {
+    GuardedMatrix<T> y(tokens, c.out, pad);
+    run_path<B>(layer, fused, x, y);
+    ASSERT_TRUE(y.guards_intact()) << (fused ? "fused" : "unfused");
+    EXPECT_TRUE(test::within_tolerance<T>(test::compare(y.data(), tokens, c.out, y.stride(), ref)))
+        << (fused ? "fused" : "unfused");
+  }
+}
+
+// Odd widths, 1 token, 16/17 tokens, a BERT-width product.
+const std::vector<std::tuple<index_t, index_t, index_t>> kDevNormShapes = {
+    // tokens, in, out
+    {1, 1, 1}, {1, 13, 29}, {7, 33, 5}, {16, 257, 129}, {17, 64, 64}, {33, 255, 63}, {3, 768, 515},
+};
+
+TYPED_TEST(NormDeviceTest, FusedAndUnfusedMatchReferenceWithGuardsAndStrides) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  test::for_each_schedule<B>([&] {
+    for (auto [tokens, in, out] : kDevNormShapes) {
+      for (bool ln : {false, true}) {
+        for (bool affine : {true, false}) {
+          for (index_t pad : {0, 3}) {
+            const bool bias = pad == 0;
+            SCOPED_TRACE(testing::Message()
+                         << "tokens=" << tokens << " in=" << in << " out=" << out
+                         << " layer_norm=" << ln << " affine=" << affine << " pad=" << pad);
+            DevNormCase<T> c(ln, in, out, 100 + in + out, affine, bias);
+            GuardedMatrix<T> x(tokens, in, pad);
+            x.set(test::random_vector<T>(tokens * in, 7 + tokens, 2.0));
+            if (ln)
+              check_both_paths<B>(c.template make_ln<B>(), c, x, pad);
+            else
+              check_both_paths<B>(c.template make_rms<B>(), c, x, pad);
+          }
+        }
+      }
+    }
+  });
+}
+
+TYPED_TEST(NormDeviceTest, ReturnsNormalizedActivationsAndUsesTheWorkspace) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  for (index_t tokens : {1, 5, 40}) {
+    for (bool ln : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "tokens=" << tokens << " layer_norm=" << ln);
+      DevNormCase<T> c(ln, 37, 70, 9);
+      GuardedMatrix<T> x(tokens, 37, 2);
+      x.set(test::random_vector<T>(tokens * 37, 3, 3.0));
+      std::vector<double> nref;
+      const auto ref = c.reference(x, &nref);
+      const auto lnl = c.template make_ln<B>();
+      const auto rms = c.template make_rms<B>();
+      const std::size_t bytes = ln ? lnl.workspace_size(tokens) : rms.workspace_size(tokens);
+      typename detail::DeviceApi<B>::template Buffer<unsigned char> ws(bytes);
+      for (bool fused : {true, false}) {
+        GuardedMatrix<T> y(tokens, 70), xn(tokens, 37, 1);
+        if (ln)
+          run_path<B>(lnl, fused, x, y, &xn, Workspace{ws.data(), bytes});
+        else
+          run_path<B>(rms, fused, x, y, &xn, Workspace{ws.data(), bytes});
+        ASSERT_TRUE(xn.guards_intact());
+        ASSERT_TRUE(y.guards_intact());
+        EXPECT_TRUE(
+            test::within_tolerance<T>(test::compare(xn.data(), tokens, 37, xn.stride(), nref)))
+            << (fused ? "fused" : "unfused") << " normalized";
+        EXPECT_TRUE(test::within_tolerance<T>(test::compare(y.data(), tokens, 70, 70, ref)))
+            << (fused ? "fused" : "unfused");
+      }
+    }
+  }
+}
+
+// The bound of test_norm.cpp with the storage type's unit roundoff u: with ρ = |μ|/σ,
+//   default forward and unfused: max_rel <= 64 u (1 + ρ) sqrt(N / 256);
+//   forced deferred (center_threshold = inf): max_rel <= 256 u (1 + ρ) sqrt(N / 256).
+// For the half types the deferred correction runs on fp32 accumulators, so only the output
+// rounding is at u; for float the checks are the Cpu backend's.
+double ln_bound(double unit, double rho, index_t n, double factor) {
+  return factor * unit * (1.0 + rho) * std::sqrt(std::max(1.0, static_cast<double>(n) / 256.0));
+}
+
+TYPED_TEST(NormDeviceTest, LayerNormMeanOffsetsStayWithinTheStatedBound) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  const double u = unit_roundoff<T>();
+  for (index_t n : {255, 1024}) {
+    for (index_t tokens : {3, 20}) {
+      for (double rho : {0.0, 10.0, 100.0, 1000.0}) {
+        SCOPED_TRACE(testing::Message()
+                     << "in=" << n << " tokens=" << tokens << " |mu|/sigma=" << rho);
+        DevNormCase<T> c(true, n, 96, 41 + n);
+        GuardedMatrix<T> x(tokens, n);
+        std::vector<double> xd(static_cast<std::size_t>(tokens * n));
+        fill_normal(xd.data(), tokens * n, 5 + tokens, 0.0, 0.5);
+        for (index_t t = 0; t < tokens; ++t)
+          for (index_t j = 0; j < n; ++j) xd[t * n + j] += (t % 2 ? -1 : 1) * rho * 0.5;
+        x.set(from_double<T>(xd));
+        const auto ref = c.reference(x);
+        auto layer = c.template make_ln<B>();
+        GuardedMatrix<T> y(tokens, 96), yu(tokens, 96), yd(tokens, 96);
+        run_path<B>(layer, true, x, y);
+        run_path<B>(layer, false, x, yu);
+        layer.set_center_threshold(kInf);
+        run_path<B>(layer, true, x, yd);
+        const auto e = test::compare(y.data(), tokens, 96, 96, ref);
+        const auto eu = test::compare(yu.data(), tokens, 96, 96, ref);
+        const auto ed = test::compare(yd.data(), tokens, 96, 96, ref);
+        EXPECT_EQ(e.non_finite + eu.non_finite + ed.non_finite, 0);
+        EXPECT_LE(e.max_rel, ln_bound(u, rho, n, 64)) << "default forward";
+        EXPECT_LE(eu.max_rel, ln_bound(u, rho, n, 64)) << "unfused";
+        EXPECT_LE(ed.max_rel, ln_bound(u, rho, n, 256)) << "forced deferred";
+        if (rho <= 100) {
+          EXPECT_LE(e.max_rel, 10 * std::max(eu.max_rel, 8 * u));
+        }
+        if (!std::is_same<T, float>::value) {
+          // Half types: the centered and unfused paths stay at the output's rounding whatever ρ
+          // (measured ~2.5 u); the deferred one adds the fp32 accumulators' ρ-sized error.
+          EXPECT_LE(e.max_rel, 8 * u) << "default forward, flat in rho";
+          EXPECT_LE(eu.max_rel, 8 * u) << "unfused, flat in rho";
+          EXPECT_LE(ed.max_rel, 8 * u + ln_bound(unit_roundoff<float>(), rho, n, 256))
+              << "forced deferred, fp32 accumulators";
+        }
+        if (std::getenv("FFNKIT_PRINT_ERRORS"))
+          std::printf("LN %s N=%ld T=%ld rho=%g default=%.3g unfused=%.3g deferred=%.3g\n",
+                      test::Scalar<T>::name(), static_cast<long>(n), static_cast<long>(tokens), rho,
+                      e.max_rel, eu.max_rel, ed.max_rel);
+      }
+    }
+  }
+}
+
+TYPED_TEST(NormDeviceTest, EpsilonEdgeCases) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  for (double eps : {1e-30, 1e-12, 1e-5, 1e3}) {
+    for (bool ln : {false, true}) {
+      for (int kind = 0; kind < 3; ++kind) {  // random, all-zero tokens, constant tokens
+        for (index_t tokens : {1, 20}) {
+          SCOPED_TRACE(testing::Message() << "eps=" << eps << " layer_norm=" << ln
+                                          << " kind=" << kind << " tokens=" << tokens);
+          DevNormCase<T> c(ln, 65, 33, 5);
+          c.eps = eps;
+          GuardedMatrix<T> x(tokens, 65);
+          std::vector<T> v = test::random_vector<T>(tokens * 65, 8);
+          if (kind == 1) std::fill(v.begin(), v.end(), test::Scalar<T>::from_double(0));
+          if (kind == 2) std::fill(v.begin(), v.end(), test::Scalar<T>::from_double(3.25));
+          x.set(v);
+          if (ln)
+            check_both_paths<B>(c.template make_ln<B>(), c, x, 0);
+          else
+            check_both_paths<B>(c.template make_rms<B>(), c, x, 0);
+        }
+      }
+    }
+  }
+}
+
+TYPED_TEST(NormDeviceTest, NormBadInputsThrowNamingTheValue) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  using test::throws_error;
+  DevNormCase<T> c(true, 8, 4, 1);
+  const T* w = c.weight.data();
+  EXPECT_TRUE(throws_error([&] { RMSNormLinear<T, B>(0, 4, nullptr, w, nullptr); },
+                           {"RMSNormLinear", "in_features = 0"}));
+  EXPECT_TRUE(throws_error([&] { LayerNormLinear<T, B>(8, -1, nullptr, nullptr, w, nullptr); },
+                           {"LayerNormLinear", "out_features = -1"}));
+  EXPECT_TRUE(throws_error([&] { RMSNormLinear<T, B>(8, 4, nullptr, nullptr, nullptr); },
+                           {"weight is a null pointer"}));
+  for (double eps : {0.0, -1e-5, std::nan(""), kInf, 1e-50}) {
+    EXPECT_TRUE(throws_error(
+        [&] { LayerNormLinear<T, B>(8, 4, nullptr, nullptr, w, nullptr, eps); }, {"eps = "}));
+  }
+  std::vector<T> g(8, test::Scalar<T>::from_double(1));
+  g[5] = test::Scalar<T>::from_double(std::nan(""));
+  EXPECT_TRUE(throws_error([&] { RMSNormLinear<T, B>(8, 4, g.data(), w, nullptr); },
+                           {"gamma[5]", "not finite"}));
+  EXPECT_TRUE(throws_error([&] { LayerNormLinear<T, B>(8, 4, nullptr, g.data(), w, nullptr); },
+                           {"beta[5]", "not finite"}));
+
+  auto layer = c.template make_ln<B>();
+  typename detail::DeviceApi<B>::template Buffer<T> xs(3 * 9), ys(3 * 5), ns(3 * 8);
+  const MatrixView<const T> x(xs.data(), 3, 8);
+  const MatrixView<T> y(ys.data(), 3, 4);
+  EXPECT_TRUE(throws_error([&] { layer.forward(MatrixView<const T>(xs.data(), 3, 9), y); },
+                           {"LayerNormLinear::forward", "x.cols = 9", "in_features = 8"}));
+  EXPECT_TRUE(throws_error([&] { layer.forward_unfused(x, MatrixView<T>(ys.data(), 3, 5)); },
+                           {"forward_unfused", "y.cols = 5", "out_features = 4"}));
+  EXPECT_TRUE(throws_error([&] { layer.forward(x, MatrixView<T>(ys.data(), 2, 4)); },
+                           {"y.rows = 2", "x.rows = 3"}));
+  EXPECT_TRUE(throws_error([&] { layer.forward(MatrixView<const T>(xs.data(), 0, 8), y); },
+                           {"x.rows (tokens) = 0"}));
+  EXPECT_TRUE(throws_error([&] { layer.forward(MatrixView<const T>(nullptr, 3, 8), y); },
+                           {"x.data is a null pointer"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        layer.forward(MatrixView<const T>(xs.data(), 3, 8), MatrixView<T>(xs.data() + 1, 3, 4));
+      },
+      {"overlap"}));
+  typename detail::DeviceApi<B>::template Buffer<unsigned char> small(8);
+  EXPECT_TRUE(throws_error(
+      [&] {
+        layer.forward_unfused(x, y, Workspace{small.data(), 8});
+      },
+      {"workspace.bytes = 8"}));
+  EXPECT_TRUE(throws_error([&] { layer.forward(x, y, {}, MatrixView<T>(ns.data(), 3, 7)); },
+                           {"normalized.cols = 7", "in_features = 8"}));
+  EXPECT_TRUE(throws_error([&] { layer.set_center_threshold(-1); }, {"mu_over_sigma = -1"}));
+  LayerNormLinear<T, B> empty;
+  EXPECT_TRUE(throws_error([&] { empty.forward(x, y); }, {"empty"}));
+  // A copy is deep: it still works after the original is gone.
+  LayerNormLinear<T, B> copy;
+  {
+    const auto tmp = c.template make_ln<B>();
+    copy = tmp;
+  }
+  GuardedMatrix<T> hx(3, 8), hy(3, 4);
+  hx.set(test::random_vector<T>(24, 2));
+  run_path<B>(copy, true, hx, hy);
+  EXPECT_TRUE(test::within_tolerance<T>(test::compare(hy.data(), 3, 4, 4, c.reference(hx))));
+}
+
+// --- SoftmaxLinear ------------------------------------------------------------------------------
+
+template <class B, class T>
+void check_softmax(index_t q, index_t keys, index_t dim, double scale, double offset, bool masked,
+                   index_t pad, std::uint64_t seed) {
+  const SoftmaxLinear<T, B> op;
+  GuardedMatrix<T> s(q, keys, pad), v(keys, dim, pad), mask(q, keys, pad);
+  std::vector<double> sd(static_cast<std::size_t>(q * keys));
+  fill_normal(sd.data(), q * keys, seed, offset, scale);
+  s.set(from_double<T>(sd));
+  v.set(test::random_vector<T>(keys * dim, seed + 1));
+  const double ninf = -std::numeric_limits<double>::infinity();
+  std::vector<double> md(static_cast<std::size_t>(q * keys), 0.0);
+  if (masked) {
+    // Scattered −inf, a finite penalty, fully masked rows 0 and q−1 (when q > 2), and a masked
+    // prefix longer than a tile.
+    for (index_t i = 0; i < q; ++i)
+      for (index_t k = 0; k < keys; ++k) {
+        double& mv = md[i * keys + k];
+        if ((i * 7 + k * 3) % 5 == 0) mv = ninf;
+        if (k % 11 == 3) mv = -2.5;
+        if (q > 2 && (i == 0 || i == q - 1)) mv = ninf;
+        if ((q > 3 ? i == 1 : i == 0) && k < keys / 2) mv = ninf;
+      }
+  }
+  mask.set(from_double<T>(md));
+  const auto ref =
+      reference::softmax_v(s.to_double(), masked ? mask.to_double() : std::vector<double>(), q,
+                           keys, v.to_double(), dim);
+  GuardedMatrix<T> y(q, dim, pad), yu(q, dim, pad);
+  {
+    BackendMatrix<B, T> ds(s), dv(v), dm(mask), dy(y), dyu(yu);
+    const MatrixView<const T> mv = masked ? dm.cview() : MatrixView<const T>();
+    op.forward(ds.cview(), dv.cview(), dy.view(), mv);
+    op.forward_unfused(ds.cview(), dv.cview(), dyu.view(), mv);
+    dy.sync_to_host();
+    dyu.sync_to_host();
+  }
+  ASSERT_TRUE(y.guards_intact());
+  ASSERT_TRUE(yu.guards_intact());
+  EXPECT_TRUE(test::within_tolerance<T>(test::compare(y.data(), q, dim, y.stride(), ref)))
+      << "one-pass";
+  EXPECT_TRUE(test::within_tolerance<T>(test::compare(yu.data(), q, dim, yu.stride(), ref)))
+      << "three-pass";
+  if (masked && q > 2) {
+    for (index_t j = 0; j < dim; ++j) {
+      ASSERT_EQ(test::Scalar<T>::to_double(y.at(0, j)), 0.0) << "fully masked row must be zero";
+      ASSERT_EQ(test::Scalar<T>::to_double(y.at(q - 1, j)), 0.0);
+      ASSERT_EQ(test::Scalar<T>::to_double(yu.at(0, j)), 0.0);
+    }
+  }
+}
+
+TYPED_TEST(NormDeviceTest, SoftmaxMatchesReferenceMaskedAndUnmasked) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  struct Shape {
+    index_t queries, keys, dim;
+  };
+  // Ragged last key tiles (tile = 128 keys), dims below, at and above one 128-column chunk.
+  const std::vector<Shape> shapes = {{1, 1, 1},     {1, 7, 33},    {5, 255, 64},
+                                     {6, 129, 130}, {40, 257, 17}, {1, 1000, 64}};
+  test::for_each_schedule<B>([&] {
+    for (const auto& sh : shapes) {
+      for (bool masked : {false, true}) {
+        for (index_t pad : {0, 2}) {
+          SCOPED_TRACE(testing::Message()
+                       << "queries=" << sh.queries << " keys=" << sh.keys << " dim=" << sh.dim
+                       << " masked=" << masked << " pad=" << pad);
+          check_softmax<B, T>(sh.queries, sh.keys, sh.dim, 3.0, 0.0, masked, pad, 17 + sh.keys);
+        }
+      }
+    }
+  });
+}
+
+TYPED_TEST(NormDeviceTest, SoftmaxLargeMagnitudeScoresDoNotOverflow) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  // Half types cannot hold 3e4 + noise meaningfully, but fp32 exp(s) would overflow at s > 88:
+  // offsets of 1e3 (and 3e4 for float and bf16) make a naive exp overflow in the kernel's fp32.
+  for (double offset : {1e3, -1e3, 3e4}) {
+    if (std::is_same<T, __half>::value && std::abs(offset) > 6e4 / 2) continue;
+    for (double scale : {1.0, 30.0}) {
+      SCOPED_TRACE(testing::Message() << "offset=" << offset << " scale=" << scale);
+      check_softmax<B, T>(9, 300, 32, scale, offset, false, 0, 3);
+      check_softmax<B, T>(9, 300, 32, scale, offset, true, 1, 4);
+    }
+  }
+}
+
+TYPED_TEST(NormDeviceTest, SoftmaxBadInputsThrowNamingTheValue) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  using test::throws_error;
+  const SoftmaxLinear<T, B> op;
+  typename detail::DeviceApi<B>::template Buffer<T> sb(4 * 10), vb(10 * 6), yb(4 * 6), mb(4 * 10);
+  const MatrixView<const T> s(sb.data(), 4, 10), v(vb.data(), 10, 6), m(mb.data(), 4, 10);
+  const MatrixView<T> y(yb.data(), 4, 6);
+  EXPECT_TRUE(throws_error([&] { op.forward(s, MatrixView<const T>(vb.data(), 9, 6), y); },
+                           {"SoftmaxLinear::forward", "v.rows = 9", "keys", "10"}));
+  EXPECT_TRUE(throws_error([&] { op.forward(s, v, MatrixView<T>(yb.data(), 4, 5)); },
+                           {"y.cols = 5", "head dim", "6"}));
+  EXPECT_TRUE(throws_error([&] { op.forward_unfused(s, v, MatrixView<T>(yb.data(), 3, 6)); },
+                           {"forward_unfused", "y.rows = 3", "queries", "4"}));
+  EXPECT_TRUE(throws_error([&] { op.forward(MatrixView<const T>(sb.data(), 0, 10), v, y); },
+                           {"s.rows (queries) = 0"}));
+  EXPECT_TRUE(throws_error([&] { op.forward(MatrixView<const T>(nullptr, 4, 10), v, y); },
+                           {"s.data is a null pointer"}));
+  EXPECT_TRUE(throws_error([&] { op.forward(s, v, y, MatrixView<const T>(mb.data(), 3, 10)); },
+                           {"mask.rows = 3"}));
+  EXPECT_TRUE(throws_error([&] { op.forward(s, v, MatrixView<T>(sb.data(), 4, 6)); }, {"overlap"}));
+  typename detail::DeviceApi<B>::template Buffer<unsigned char> small(4);
+  EXPECT_TRUE(throws_error(
+      [&] {
+        op.forward_unfused(s, v, y, m, Workspace{small.data(), 4});
+      },
+      {"workspace.bytes = 4"}));
+}
+
+}  // namespace
+}  // namespace ffnkit
+
+#endif  // FFNKIT_WITH_CUDA_EMU
