@@ -4,6 +4,6 @@
 #include "ffnkit/core.hpp"
 #include "ffnkit/dense.hpp"
 #include "ffnkit/fff.hpp"
+#include "ffnkit/norm.hpp"
 #include "ffnkit/self_guided.hpp"
 #include "ffnkit/structured.hpp"
-#include "ffnkit/norm.hpp"

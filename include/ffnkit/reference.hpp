@@ -4,5 +4,5 @@
 #include "ffnkit/reference/compare.hpp"
 #include "ffnkit/reference/dense.hpp"
 #include "ffnkit/reference/fff.hpp"
-#include "ffnkit/reference/structured.hpp"
 #include "ffnkit/reference/norm.hpp"
+#include "ffnkit/reference/structured.hpp"

@@ -98,9 +98,7 @@ struct SelfGuidedDeviceOps : DeviceStructuredBase<T, B> {
   using Grads = typename Base::Grads;
 
   static Storage upload(const std::vector<T>& host) { return Storage(host.data(), host.size()); }
-  static Grads make_grads(const std::vector<ParamView<T>>& p) {
-    return make_device_grads<B>(p);
-  }
+  static Grads make_grads(const std::vector<ParamView<T>>& p) { return make_device_grads<B>(p); }
   static void check_host(const char* where, const char* name, const T* p, index_t n) {
     check_host_finite(where, name, p, n);
   }
