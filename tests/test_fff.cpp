@@ -107,6 +107,11 @@ TYPED_TEST(FffTest, ForwardMatchesOracleWithPaths) {
       {40, 24, 1, 6, 1000, 1.0},   // many tokens: the grouped kernel's buckets
       {768, 768, 1, 11, 33, 1.0},  // UltraFastBERT-1x11
       {50, 30, 2, 5, 1, 1.0},      // 1 token, K > 1
+      // Wide rows and many tokens: blocks of 85 (768 wide) or 256 (256 wide) tokens, so the
+      // grouped kernel routes the top levels in blocks (S = 3, S = 2) before bucketing; K = 2
+      // takes the separate output pass, K = 1 the one fused into the buckets' loop.
+      {768, 64, 1, 8, 700, 1.0},
+      {256, 32, 2, 7, 1200, 1.0},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(make_message("N=", c.in, " M=", c.out, " K=", c.trees, " D=", c.depth,

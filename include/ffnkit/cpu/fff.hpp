@@ -129,6 +129,16 @@ inline void prefetch_row(const void* p, std::size_t bytes) {
 #endif
 }
 
+inline void prefetch_full_row(const void* p, std::size_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 0, 3);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 // y = Σ_i g[i] rows[i] over `count` rows of width m, accumulated in chunks of 8 vectors held in
 // registers, so y is written once instead of read and written per row. Summation order: rows in
 // order, each element separately, the same as a sequence of axpy() onto a zeroed y.
@@ -336,10 +346,16 @@ class FastFeedForward<T, Cpu> {
   }
 
   // One token, all trees: the latency-bound walk. While a level's dot runs, both candidate rows of
-  // the next level (and this level's w_out row) are already on their way into the cache.
+  // the next level (and this level's w_out row) are already on their way into the cache. The
+  // output waits for the whole path and is then written once by combine_rows() (a running axpy
+  // read and wrote y at every level); its summation order is the axpy sequence's, so the walk and
+  // the grouped kernel stay bit-identical.
   void walk(const T* x, T* y, std::int32_t* leaves) const {
-    const index_t nodes = nodes_per_tree();
-    std::fill(y, y + out_, T(0));
+    const index_t nodes = nodes_per_tree(), levels = depth_ + 1;
+    thread_local std::vector<const T*> rows;
+    thread_local std::vector<T> g;
+    rows.resize(static_cast<std::size_t>(trees_ * levels));
+    g.resize(rows.size());
     for (index_t k = 0; k < trees_; ++k) {
       index_t n = 0;
       for (index_t d = 0; d <= depth_; ++d) {
@@ -350,11 +366,13 @@ class FastFeedForward<T, Cpu> {
           cpu::fff::prefetch_row(&w_in_[(row + n + 2) * in_], in_ * sizeof(T));
         }
         const T lambda = cpu::fff::dot(x, &w_in_[row * in_], in_) + b_in_[row];
-        cpu::fff::axpy(GeluErfFn{}(lambda), &w_out_[row * out_], y, out_);
+        g[k * levels + d] = GeluErfFn{}(lambda);
+        rows[k * levels + d] = &w_out_[row * out_];
         if (d < depth_) n = 2 * n + 1 + (lambda > T(0) ? 1 : 0);  // a tie (λ == 0) goes left
       }
       if (leaves) leaves[k] = static_cast<std::int32_t>(n);
     }
+    cpu::fff::combine_rows(rows.data(), g.data(), static_cast<int>(trees_ * levels), out_, y);
   }
 
   struct Segment {
@@ -374,19 +392,34 @@ class FastFeedForward<T, Cpu> {
   //      each bucket routed through the remaining levels on its own subtree. S is chosen so that a
   //      bucket holds about a block of tokens: without it a block of B tokens would reach the
   //      lower levels as groups of one, and every deep row would be fetched for a single token.
-  //   C. y per token = Σ GELU(λ) w_out over its path, in bucket order so that tokens sharing the
-  //      lower rows run back to back.
+  //   C. y per token = Σ GELU(λ) w_out over its path, in leaf order so that tokens sharing the
+  //      lower rows run back to back. With one tree a piece's outputs are complete as soon as it
+  //      is routed, so C runs inside B's loop (one fork-join fewer, the piece's rows still warm).
   void forward_grouped(const MatrixView<const T>& x, const MatrixView<T>& y,
                        std::int32_t* leaves) const {
     const index_t T_ = x.rows, levels = depth_ + 1, nodes = nodes_per_tree();
     const int threads = cpu::max_threads();
-    const index_t block =
-        std::max<index_t>(1, std::min<index_t>(block_tokens(), (T_ + threads - 1) / threads));
+    const index_t per_thread = (T_ + threads - 1) / threads;
+    const index_t block = std::max<index_t>(1, std::min<index_t>(block_tokens(), per_thread));
     index_t split = 0;  // S: 2^S buckets of ~`block` tokens
     while (split < depth_ && (T_ >> (split + 1)) >= block) ++split;
+    // A single regrouping level only doubles the groups below it: not worth a sort and a fork.
+    if (split == 1) split = 0;
     std::vector<T> g(static_cast<std::size_t>(T_ * trees_ * levels));
     std::vector<std::int32_t> leaf(static_cast<std::size_t>(T_ * trees_));
     std::vector<index_t> at(static_cast<std::size_t>(T_)), order(at.size());
+    const bool fused_output = trees_ == 1;
+    const auto emit = [&](index_t t) {  // C for token t
+      thread_local std::vector<const T*> rows;
+      rows.resize(static_cast<std::size_t>(trees_ * levels));
+      for (index_t k = 0; k < trees_; ++k) {
+        index_t n = leaf[t * trees_ + k];
+        for (index_t d = depth_; d >= 0; --d, n = (n - 1) / 2)
+          rows[k * levels + d] = &w_out_[(k * nodes + n) * out_];
+      }
+      cpu::fff::combine_rows(rows.data(), &g[t * trees_ * levels],
+                             static_cast<int>(trees_ * levels), out_, y.row(t));
+    };
     const std::int64_t cost = block * levels * in_;
     for (index_t k = 0; k < trees_; ++k) {
       // A: blocks of consecutive tokens, all at the root, through levels [0, S).
@@ -411,101 +444,89 @@ class FastFeedForward<T, Cpu> {
         std::vector<index_t> fillp(start.begin(), start.end() - 1);
         for (index_t t = 0; t < T_; ++t) order[fillp[at[t] - first]++] = t;
       }
-      // Buckets much larger than a block are split, so both threads get work even when the
-      // tokens crowd into a few subtrees (the all-same-path input); a split bucket reads its
-      // subtree's rows once per piece, so the pieces are kept large.
+      // Buckets much larger than a block are split, so every thread gets work even when the
+      // tokens crowd into a few subtrees (the all-same-path input) or there is one bucket (S = 0);
+      // a split bucket reads its subtree's rows once per piece, so the pieces are kept large.
+      // Bucket sizes vary with the routing, hence dynamic scheduling.
       std::vector<Segment> pieces;
-      const index_t piece = 2 * block;
+      const index_t piece = std::max<index_t>(1, std::min(2 * block, per_thread));
       for (index_t b = 0; b < buckets; ++b)
         for (index_t i = start[b]; i < start[b + 1]; i += piece)
           pieces.push_back(Segment{first + b, i, std::min(start[b + 1], i + piece)});
-      cpu::parallel_for(static_cast<std::int64_t>(pieces.size()), cost, [&](std::int64_t p) {
-        const Segment& pc = pieces[p];
-        route(x, k, order.data() + pc.begin, pc.end - pc.begin, split, pc.node, levels, g.data(),
-              nullptr, leaf.data());
-      });
+      cpu::parallel_for_dynamic(static_cast<std::int64_t>(pieces.size()),
+                                cost + (fused_output ? block * out_ : 0), [&](std::int64_t p) {
+                                  const Segment& pc = pieces[p];
+                                  route(x, k, order.data() + pc.begin, pc.end - pc.begin, split,
+                                        pc.node, levels, g.data(), nullptr, leaf.data());
+                                  // route() left the piece sorted by leaf.
+                                  if (fused_output)
+                                    for (index_t i = pc.begin; i < pc.end; ++i) emit(order[i]);
+                                });
     }
-    // C: the output, in the last tree's leaf order (route() left `order` sorted by leaf within
-    // each piece), so tokens that share rows run back to back and find them in cache.
-    cpu::parallel_for(T_, trees_ * levels * out_, [&](std::int64_t i) {
-      thread_local std::vector<const T*> rows;
-      rows.resize(static_cast<std::size_t>(trees_ * levels));
-      const index_t t = order[i];
-      for (index_t k = 0; k < trees_; ++k) {
-        index_t n = leaf[t * trees_ + k];
-        for (index_t d = depth_; d >= 0; --d, n = (n - 1) / 2)
-          rows[k * levels + d] = &w_out_[(k * nodes + n) * out_];
-      }
-      cpu::fff::combine_rows(rows.data(), &g[t * trees_ * levels],
-                             static_cast<int>(trees_ * levels), out_, y.row(t));
-    });
+    // C for several trees, in the last tree's leaf order.
+    if (!fused_output)
+      cpu::parallel_for(T_, trees_ * levels * out_, [&](std::int64_t i) { emit(order[i]); });
     if (leaves) std::copy(leaf.begin(), leaf.end(), leaves);
   }
 
   // Routes the `count` tokens tok[0..count) of tree k, which all sit at node `node` of level
-  // `d_begin`, through levels [d_begin, d_end): per level the tokens of a node are contiguous in
-  // the working order, each node's w_in row is read once for its group (four tokens per pass over
-  // the row, single tokens for the rest), and the group is split stably into its two children.
-  // Writes GELU(λ) of every level into g ([T x K x levels]) and, for the tokens leaving at
-  // d_end, the node they reach (`at`, d_end < levels) or their leaf (`leaf`, d_end == levels).
+  // `d_begin`, through levels [d_begin, d_end), depth first: at each node the group's w_in row is
+  // read once (four tokens per pass over the row, single tokens for the rest), the group is split
+  // stably into its two children, and the left subtree finishes before the right one starts. Depth
+  // first rather than level by level because a group shrinks as it descends: once it is a few
+  // tokens its x rows stay in L1 for every remaining level, where a level-by-level sweep over the
+  // whole bucket re-read them from L2 at every level. Both children's rows are prefetched while
+  // the node's dots run. Writes GELU(λ) of every level into g ([T x K x levels]) and, for the
+  // tokens leaving at d_end, the node they reach (`at`, d_end < levels) or their leaf (`leaf`,
+  // d_end == levels). On return tok[0..count) is sorted by that node, stably.
   void route(const MatrixView<const T>& x, index_t k, index_t* tok, index_t count, index_t d_begin,
              index_t node, index_t d_end, T* g, index_t* at, std::int32_t* leaf) const {
-    const index_t levels = depth_ + 1, nodes = nodes_per_tree();
-    thread_local std::vector<index_t> idx, tmp;
+    thread_local std::vector<index_t> tmp;
     thread_local std::vector<T> lam;
-    thread_local std::vector<Segment> segs, next;
-    idx.assign(tok, tok + count);
-    tmp.resize(count);
-    lam.resize(count);  // by position in idx
-    segs.assign(1, Segment{node, 0, count});
-    for (index_t d = d_begin; d < d_end; ++d) {
-      next.clear();
-      for (std::size_t s = 0; s < segs.size(); ++s) {
-        const Segment sg = segs[s];
-        const index_t row = k * nodes + sg.node;
-        const T* w = &w_in_[row * in_];
-        const T bias = b_in_[row];
-        if (s + 1 < segs.size())
-          cpu::fff::prefetch_row(&w_in_[(k * nodes + segs[s + 1].node) * in_], in_ * sizeof(T));
-        index_t i = sg.begin;
-        for (; i + 4 <= sg.end; i += 4) {
-          T out[4];
-          cpu::fff::dot4(x.row(idx[i]), x.row(idx[i + 1]), x.row(idx[i + 2]), x.row(idx[i + 3]), w,
-                         in_, out);
-          for (int q = 0; q < 4; ++q) lam[i + q] = out[q] + bias;
-        }
-        for (; i < sg.end; ++i) lam[i] = cpu::fff::dot(x.row(idx[i]), w, in_) + bias;
-        for (i = sg.begin; i < sg.end; ++i)
-          g[(idx[i] * trees_ + k) * levels + d] = GeluErfFn{}(lam[i]);
-        if (d == depth_) {  // the leaves
-          for (i = sg.begin; i < sg.end; ++i)
-            leaf[idx[i] * trees_ + k] = static_cast<std::int32_t>(sg.node);
-          continue;
-        }
-        // Stable split: λ <= 0 (a tie included) to the left child 2n+1, λ > 0 to the right 2n+2.
-        index_t left = 0;
-        for (i = sg.begin; i < sg.end; ++i) left += lam[i] > T(0) ? 0 : 1;
-        index_t l = sg.begin, r = sg.begin + left;
-        for (i = sg.begin; i < sg.end; ++i) {
-          if (lam[i] > T(0)) {
-            tmp[r++] = idx[i];
-          } else {
-            tmp[l++] = idx[i];
-          }
-        }
-        if (left > 0) next.push_back(Segment{2 * sg.node + 1, sg.begin, sg.begin + left});
-        if (left < sg.end - sg.begin)
-          next.push_back(Segment{2 * sg.node + 2, sg.begin + left, sg.end});
-      }
-      if (d == depth_) break;
-      std::swap(idx, tmp);
-      std::swap(segs, next);
+    tmp.resize(static_cast<std::size_t>(count));
+    lam.resize(static_cast<std::size_t>(count));
+    route_node(x, k, tok, tmp.data(), lam.data(), count, d_begin, node, d_end, g, at, leaf);
+  }
+
+  void route_node(const MatrixView<const T>& x, index_t k, index_t* idx, index_t* tmp, T* lam,
+                  index_t count, index_t d, index_t node, index_t d_end, T* g, index_t* at,
+                  std::int32_t* leaf) const {
+    const index_t levels = depth_ + 1, nodes = nodes_per_tree();
+    const index_t row = k * nodes + node;
+    const T* w = &w_in_[row * in_];
+    const T bias = b_in_[row];
+    const bool descend = d < depth_ && d + 1 < d_end;
+    if (descend) {
+      cpu::fff::prefetch_full_row(&w_in_[(row + node + 1) * in_], in_ * sizeof(T));
+      cpu::fff::prefetch_full_row(&w_in_[(row + node + 2) * in_], in_ * sizeof(T));
     }
-    if (at)
-      for (const Segment& sg : segs)
-        for (index_t i = sg.begin; i < sg.end; ++i) at[idx[i]] = sg.node;
-    // Hand the final order (tokens sorted by the node they reached) back to the caller.
-    std::copy(idx.begin(), idx.begin() + count, tok);
+    index_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+      T out[4];
+      cpu::fff::dot4(x.row(idx[i]), x.row(idx[i + 1]), x.row(idx[i + 2]), x.row(idx[i + 3]), w, in_,
+                     out);
+      for (int q = 0; q < 4; ++q) lam[i + q] = out[q] + bias;
+    }
+    for (; i < count; ++i) lam[i] = cpu::fff::dot(x.row(idx[i]), w, in_) + bias;
+    for (i = 0; i < count; ++i) g[(idx[i] * trees_ + k) * levels + d] = GeluErfFn{}(lam[i]);
+    if (d == depth_) {  // the leaves
+      for (i = 0; i < count; ++i) leaf[idx[i] * trees_ + k] = static_cast<std::int32_t>(node);
+      return;
+    }
+    // Stable split: λ <= 0 (a tie included) to the left child 2n+1, λ > 0 to the right 2n+2.
+    index_t left = 0;
+    for (i = 0; i < count; ++i) left += lam[i] > T(0) ? 0 : 1;
+    index_t l = 0, r = left;
+    for (i = 0; i < count; ++i) tmp[lam[i] > T(0) ? r++ : l++] = idx[i];
+    std::copy(tmp, tmp + count, idx);
+    if (!descend) {  // d + 1 == d_end: hand the tokens over at the next level
+      for (i = 0; i < count; ++i) at[idx[i]] = 2 * node + (i < left ? 1 : 2);
+      return;
+    }
+    if (left > 0) route_node(x, k, idx, tmp, lam, left, d + 1, 2 * node + 1, d_end, g, at, leaf);
+    if (left < count)
+      route_node(x, k, idx + left, tmp + left, lam + left, count - left, d + 1, 2 * node + 2, d_end,
+                 g, at, leaf);
   }
 
   index_t in_ = 0, out_ = 0, trees_ = 0, depth_ = 0;

@@ -36,5 +36,21 @@ void parallel_for(std::int64_t count, std::int64_t cost_per_item, Body&& body) {
   for (std::int64_t i = 0; i < count; ++i) body(i);
 }
 
+// parallel_for for items of uneven cost: threads take the next item as they finish one.
+template <class Body>
+void parallel_for_dynamic(std::int64_t count, std::int64_t cost_per_item, Body&& body) {
+#ifdef _OPENMP
+  constexpr std::int64_t kMinParallelWork = 1 << 15;
+  if (count > 1 && cost_per_item * count >= kMinParallelWork && max_threads() > 1 &&
+      !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (std::int64_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+#endif
+  (void)cost_per_item;
+  for (std::int64_t i = 0; i < count; ++i) body(i);
+}
+
 }  // namespace cpu
 }  // namespace ffnkit
