@@ -378,6 +378,13 @@ TEST(FffErrors, BadForwardAndBackwardArguments) {
                                          make_view(y.data(), 5, 8));
       },
       {"empty"}));
+  char small[8];
+  EXPECT_TRUE(throws_error(
+      [&] {
+        f.forward(make_view<const float>(x.data(), 5, 16), make_view(y.data(), 5, 8), nullptr,
+                  FffKernel::kAuto, Workspace{small, sizeof small});
+      },
+      {"FastFeedForward::forward", "workspace.bytes = 8", "need workspace_size(5)"}));
   auto fm = f;
   auto grads = make_grads(fm.params());
   const auto xv = make_view<const float>(x.data(), 5, 16);

@@ -437,6 +437,11 @@ TYPED_TEST(NormTest, SoftmaxBadInputsThrowNamingTheValue) {
         op.forward_unfused(s, v, y, m, Workspace{small, 4});
       },
       {"workspace.bytes = 4"}));
+  EXPECT_TRUE(throws_error(
+      [&] {
+        op.forward(s, v, y, m, Workspace{small, 4});
+      },
+      {"SoftmaxLinear::forward", "workspace.bytes = 4", "forward_workspace_size(4, 10, 6)"}));
   EXPECT_TRUE(throws_error([&] { SoftmaxLinear<T, Cpu>(0, 8); }, {"key_tile = 0"}));
   EXPECT_TRUE(throws_error([&] { SoftmaxLinear<T, Cpu>(8, -2); }, {"query_block = -2"}));
 }

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -254,21 +255,45 @@ class FastFeedForward<T, Cpu> {
   // in between were not measured.
   static constexpr index_t kGroupedMinTokens = 16;
 
+  // Bytes of scratch forward needs for `tokens` tokens, either kernel, at the current OpenMP
+  // thread count: the grouped kernel's per-token routing state, and per thread one path's rows.
+  std::size_t workspace_size(index_t tokens) const {
+    return Scratch::layout(tokens, trees_ * (depth_ + 1), cpu::max_threads(), nullptr).bytes;
+  }
+
   // y = Σ_k Σ_{n on token's path in tree k} GELU(λ_n) w_out[n] (SPEC §1.9). `leaves`, when given,
   // receives each token's leaf per tree ([tokens x K], node index inside the tree, heap order):
-  // the path is the leaf's ancestors, and backward() takes it back.
+  // the path is the leaf's ancestors, and backward() takes it back. With a workspace of
+  // workspace_size(tokens) bytes the call does not allocate; an empty one allocates per call.
   void forward(const MatrixView<const T>& x, const MatrixView<T>& y, std::int32_t* leaves = nullptr,
-               FffKernel kernel = FffKernel::kAuto) const {
+               FffKernel kernel = FffKernel::kAuto, Workspace workspace = {}) const {
     constexpr const char* where = "FastFeedForward::forward";
     check_ready(where);
     detail::check_fff_forward(where, in_, out_, x, y);
+    const index_t per = trees_ * (depth_ + 1);
+    const int threads = cpu::max_threads();
+    const std::size_t need = Scratch::layout(x.rows, per, threads, nullptr).bytes;
+    std::unique_ptr<std::uint64_t[]> owned;
+    void* base = workspace.data;
+    if (base) {
+      if (workspace.bytes < need)
+        fail(where, "workspace.bytes = ", workspace.bytes, ", need workspace_size(", x.rows,
+             ") = ", need, " (for ", threads, " threads)");
+      if (reinterpret_cast<std::uintptr_t>(base) % alignof(std::uint64_t) != 0)
+        fail(where, "workspace.data is not aligned to ", alignof(std::uint64_t), " bytes");
+    } else {
+      owned.reset(new std::uint64_t[need / sizeof(std::uint64_t) + 1]);
+      base = owned.get();
+    }
+    const Scratch sc = Scratch::layout(x.rows, per, threads, static_cast<char*>(base));
     const bool grouped = kernel == FffKernel::kGrouped ||
                          (kernel == FffKernel::kAuto && x.rows >= kGroupedMinTokens);
     if (grouped) {
-      forward_grouped(x, y, leaves);
+      forward_grouped(x, y, leaves, sc);
     } else {
-      cpu::parallel_for(x.rows, neurons_per_token() * (in_ + out_), [&](std::int64_t t) {
-        walk(x.row(t), y.row(t), leaves ? leaves + t * trees_ : nullptr);
+      cpu::parallel_for_slots(x.rows, per * (in_ + out_), [&](std::int64_t t, int slot) {
+        walk(x.row(t), y.row(t), leaves ? leaves + t * trees_ : nullptr, sc.rows + slot * per,
+             sc.gpath + slot * per);
       });
     }
   }
@@ -350,12 +375,8 @@ class FastFeedForward<T, Cpu> {
   // output waits for the whole path and is then written once by combine_rows() (a running axpy
   // read and wrote y at every level); its summation order is the axpy sequence's, so the walk and
   // the grouped kernel stay bit-identical.
-  void walk(const T* x, T* y, std::int32_t* leaves) const {
+  void walk(const T* x, T* y, std::int32_t* leaves, const T** rows, T* g) const {
     const index_t nodes = nodes_per_tree(), levels = depth_ + 1;
-    thread_local std::vector<const T*> rows;
-    thread_local std::vector<T> g;
-    rows.resize(static_cast<std::size_t>(trees_ * levels));
-    g.resize(rows.size());
     for (index_t k = 0; k < trees_; ++k) {
       index_t n = 0;
       for (index_t d = 0; d <= depth_; ++d) {
@@ -372,11 +393,54 @@ class FastFeedForward<T, Cpu> {
       }
       if (leaves) leaves[k] = static_cast<std::int32_t>(n);
     }
-    cpu::fff::combine_rows(rows.data(), g.data(), static_cast<int>(trees_ * levels), out_, y);
+    cpu::fff::combine_rows(rows, g, static_cast<int>(trees_ * levels), out_, y);
   }
 
   struct Segment {
     index_t node, begin, end;
+  };
+
+  // forward's scratch, carved from one buffer (the caller's workspace or one allocation):
+  // per token the grouped kernel's GELU values g [T x K x levels], λ, leaves and three index
+  // arrays (at, order, the split's temporary), the bucket counts and the pieces; per thread one
+  // path's w_out rows and GELU values (the walk's, and the grouped kernel's output step).
+  struct Scratch {
+    T* g;
+    T* lam;
+    T* gpath;
+    const T** rows;
+    std::int32_t* leaf;
+    index_t *at, *order, *tmp, *start, *fill;
+    Segment* pieces;
+    std::size_t bytes;
+
+    // With base == nullptr only `bytes` is meaningful.
+    static Scratch layout(index_t tokens, index_t per, int threads, char* base) {
+      Scratch sc{};
+      std::size_t off = 0;
+      const auto take = [&](auto*& ptr, std::size_t count) {
+        using P = std::remove_reference_t<decltype(*ptr)>;
+        off = (off + alignof(P) - 1) / alignof(P) * alignof(P);
+        ptr = base ? reinterpret_cast<P*>(base + off) : nullptr;
+        off += count * sizeof(P);
+      };
+      const std::size_t t = static_cast<std::size_t>(tokens);
+      const std::size_t paths = static_cast<std::size_t>(per) * static_cast<std::size_t>(threads);
+      take(sc.g, t * static_cast<std::size_t>(per));
+      take(sc.lam, t);
+      take(sc.gpath, paths);
+      take(sc.rows, paths);
+      take(sc.leaf, t * static_cast<std::size_t>(per));  // K per token; per >= K
+      take(sc.at, t);
+      take(sc.order, t);
+      take(sc.tmp, t);
+      // 2^S <= tokens buckets; pieces: at most one per bucket plus one per `piece` tokens.
+      take(sc.start, t + 2);
+      take(sc.fill, t + 1);
+      take(sc.pieces, 2 * t + 1);
+      sc.bytes = off;
+      return sc;
+    }
   };
 
   // Tokens per routing block: their x rows (256 KB, half of this machine's per-core L2) stay in
@@ -395,9 +459,9 @@ class FastFeedForward<T, Cpu> {
   //   C. y per token = Σ GELU(λ) w_out over its path, in leaf order so that tokens sharing the
   //      lower rows run back to back. With one tree a piece's outputs are complete as soon as it
   //      is routed, so C runs inside B's loop (one fork-join fewer, the piece's rows still warm).
-  void forward_grouped(const MatrixView<const T>& x, const MatrixView<T>& y,
-                       std::int32_t* leaves) const {
-    const index_t T_ = x.rows, levels = depth_ + 1, nodes = nodes_per_tree();
+  void forward_grouped(const MatrixView<const T>& x, const MatrixView<T>& y, std::int32_t* leaves,
+                       const Scratch& sc) const {
+    const index_t T_ = x.rows, levels = depth_ + 1, nodes = nodes_per_tree(), per = trees_ * levels;
     const int threads = cpu::max_threads();
     const index_t per_thread = (T_ + threads - 1) / threads;
     const index_t block = std::max<index_t>(1, std::min<index_t>(block_tokens(), per_thread));
@@ -405,92 +469,83 @@ class FastFeedForward<T, Cpu> {
     while (split < depth_ && (T_ >> (split + 1)) >= block) ++split;
     // A single regrouping level only doubles the groups below it: not worth a sort and a fork.
     if (split == 1) split = 0;
-    std::vector<T> g(static_cast<std::size_t>(T_ * trees_ * levels));
-    std::vector<std::int32_t> leaf(static_cast<std::size_t>(T_ * trees_));
-    std::vector<index_t> at(static_cast<std::size_t>(T_)), order(at.size());
+    T* g = sc.g;
+    std::int32_t* leaf = sc.leaf;
+    index_t* at = sc.at;
+    index_t* order = sc.order;
     const bool fused_output = trees_ == 1;
-    const auto emit = [&](index_t t) {  // C for token t
-      thread_local std::vector<const T*> rows;
-      rows.resize(static_cast<std::size_t>(trees_ * levels));
+    const auto emit = [&](index_t t, int slot) {  // C for token t
+      const T** rows = sc.rows + slot * per;
       for (index_t k = 0; k < trees_; ++k) {
         index_t n = leaf[t * trees_ + k];
         for (index_t d = depth_; d >= 0; --d, n = (n - 1) / 2)
           rows[k * levels + d] = &w_out_[(k * nodes + n) * out_];
       }
-      cpu::fff::combine_rows(rows.data(), &g[t * trees_ * levels],
-                             static_cast<int>(trees_ * levels), out_, y.row(t));
+      cpu::fff::combine_rows(rows, &g[t * per], static_cast<int>(per), out_, y.row(t));
     };
     const std::int64_t cost = block * levels * in_;
     for (index_t k = 0; k < trees_; ++k) {
-      // A: blocks of consecutive tokens, all at the root, through levels [0, S).
+      // A: blocks of consecutive tokens, all at the root, through levels [0, S). A block works in
+      // its own slice of order/tmp/λ.
       if (split > 0) {
         const index_t blocks = (T_ + block - 1) / block;
         cpu::parallel_for(blocks, cost, [&](std::int64_t b) {
           const index_t t0 = b * block, n = std::min(block, T_ - t0);
-          thread_local std::vector<index_t> tok;
-          tok.resize(n);
-          for (index_t i = 0; i < n; ++i) tok[i] = t0 + i;
-          route(x, k, tok.data(), n, 0, 0, split, g.data(), at.data(), nullptr);
+          for (index_t i = 0; i < n; ++i) order[t0 + i] = t0 + i;
+          route(x, k, order + t0, sc.tmp + t0, sc.lam + t0, n, 0, 0, split, g, at, nullptr);
         });
       } else {
-        std::fill(at.begin(), at.end(), 0);
+        std::fill(at, at + T_, 0);
       }
       // B: bucket by the node reached at level S (a counting sort, stable in token order).
       const index_t first = (index_t(1) << split) - 1, buckets = index_t(1) << split;
-      std::vector<index_t> start(static_cast<std::size_t>(buckets + 1), 0);
+      index_t* start = sc.start;
+      std::fill(start, start + buckets + 1, 0);
       for (index_t t = 0; t < T_; ++t) ++start[at[t] - first + 1];
       for (index_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
-      {
-        std::vector<index_t> fillp(start.begin(), start.end() - 1);
-        for (index_t t = 0; t < T_; ++t) order[fillp[at[t] - first]++] = t;
-      }
+      std::copy(start, start + buckets, sc.fill);
+      for (index_t t = 0; t < T_; ++t) order[sc.fill[at[t] - first]++] = t;
       // Buckets much larger than a block are split, so every thread gets work even when the
       // tokens crowd into a few subtrees (the all-same-path input) or there is one bucket (S = 0);
       // a split bucket reads its subtree's rows once per piece, so the pieces are kept large.
       // Bucket sizes vary with the routing, hence dynamic scheduling.
-      std::vector<Segment> pieces;
+      Segment* pieces = sc.pieces;
+      index_t count = 0;
       const index_t piece = std::max<index_t>(1, std::min(2 * block, per_thread));
       for (index_t b = 0; b < buckets; ++b)
         for (index_t i = start[b]; i < start[b + 1]; i += piece)
-          pieces.push_back(Segment{first + b, i, std::min(start[b + 1], i + piece)});
-      cpu::parallel_for_dynamic(static_cast<std::int64_t>(pieces.size()),
-                                cost + (fused_output ? block * out_ : 0), [&](std::int64_t p) {
-                                  const Segment& pc = pieces[p];
-                                  route(x, k, order.data() + pc.begin, pc.end - pc.begin, split,
-                                        pc.node, levels, g.data(), nullptr, leaf.data());
-                                  // route() left the piece sorted by leaf.
-                                  if (fused_output)
-                                    for (index_t i = pc.begin; i < pc.end; ++i) emit(order[i]);
-                                });
+          pieces[count++] = Segment{first + b, i, std::min(start[b + 1], i + piece)};
+      cpu::parallel_for_dynamic(
+          count, cost + (fused_output ? block * out_ : 0), [&](std::int64_t p, int slot) {
+            const Segment& pc = pieces[p];
+            route(x, k, order + pc.begin, sc.tmp + pc.begin, sc.lam + pc.begin, pc.end - pc.begin,
+                  split, pc.node, levels, g, nullptr, leaf);
+            // route() left the piece sorted by leaf.
+            if (fused_output)
+              for (index_t i = pc.begin; i < pc.end; ++i) emit(order[i], slot);
+          });
     }
     // C for several trees, in the last tree's leaf order.
     if (!fused_output)
-      cpu::parallel_for(T_, trees_ * levels * out_, [&](std::int64_t i) { emit(order[i]); });
-    if (leaves) std::copy(leaf.begin(), leaf.end(), leaves);
+      cpu::parallel_for_slots(T_, per * out_,
+                              [&](std::int64_t i, int slot) { emit(order[i], slot); });
+    if (leaves) std::copy(leaf, leaf + T_ * trees_, leaves);
   }
 
-  // Routes the `count` tokens tok[0..count) of tree k, which all sit at node `node` of level
-  // `d_begin`, through levels [d_begin, d_end), depth first: at each node the group's w_in row is
-  // read once (four tokens per pass over the row, single tokens for the rest), the group is split
-  // stably into its two children, and the left subtree finishes before the right one starts. Depth
+  // Routes the `count` tokens idx[0..count) of tree k, which all sit at node `node` of level
+  // `d`, through levels [d, d_end), depth first: at each node the group's w_in row is read once
+  // (four tokens per pass over the row, single tokens for the rest), the group is split stably
+  // into its two children, and the left subtree finishes before the right one starts. Depth
   // first rather than level by level because a group shrinks as it descends: once it is a few
   // tokens its x rows stay in L1 for every remaining level, where a level-by-level sweep over the
   // whole bucket re-read them from L2 at every level. Both children's rows are prefetched while
   // the node's dots run. Writes GELU(λ) of every level into g ([T x K x levels]) and, for the
   // tokens leaving at d_end, the node they reach (`at`, d_end < levels) or their leaf (`leaf`,
-  // d_end == levels). On return tok[0..count) is sorted by that node, stably.
-  void route(const MatrixView<const T>& x, index_t k, index_t* tok, index_t count, index_t d_begin,
-             index_t node, index_t d_end, T* g, index_t* at, std::int32_t* leaf) const {
-    thread_local std::vector<index_t> tmp;
-    thread_local std::vector<T> lam;
-    tmp.resize(static_cast<std::size_t>(count));
-    lam.resize(static_cast<std::size_t>(count));
-    route_node(x, k, tok, tmp.data(), lam.data(), count, d_begin, node, d_end, g, at, leaf);
-  }
-
-  void route_node(const MatrixView<const T>& x, index_t k, index_t* idx, index_t* tmp, T* lam,
-                  index_t count, index_t d, index_t node, index_t d_end, T* g, index_t* at,
-                  std::int32_t* leaf) const {
+  // d_end == levels). On return idx[0..count) is sorted by that node, stably. tmp and lam are
+  // scratch of `count` elements.
+  void route(const MatrixView<const T>& x, index_t k, index_t* idx, index_t* tmp, T* lam,
+             index_t count, index_t d, index_t node, index_t d_end, T* g, index_t* at,
+             std::int32_t* leaf) const {
     const index_t levels = depth_ + 1, nodes = nodes_per_tree();
     const index_t row = k * nodes + node;
     const T* w = &w_in_[row * in_];
@@ -523,10 +578,10 @@ class FastFeedForward<T, Cpu> {
       for (i = 0; i < count; ++i) at[idx[i]] = 2 * node + (i < left ? 1 : 2);
       return;
     }
-    if (left > 0) route_node(x, k, idx, tmp, lam, left, d + 1, 2 * node + 1, d_end, g, at, leaf);
+    if (left > 0) route(x, k, idx, tmp, lam, left, d + 1, 2 * node + 1, d_end, g, at, leaf);
     if (left < count)
-      route_node(x, k, idx + left, tmp + left, lam + left, count - left, d + 1, 2 * node + 2, d_end,
-                 g, at, leaf);
+      route(x, k, idx + left, tmp + left, lam + left, count - left, d + 1, 2 * node + 2, d_end, g,
+            at, leaf);
   }
 
   index_t in_ = 0, out_ = 0, trees_ = 0, depth_ = 0;

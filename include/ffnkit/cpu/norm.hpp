@@ -425,46 +425,59 @@ class SoftmaxLinear<T, Cpu> {
 
   index_t key_tile() const { return key_tile_; }
   index_t query_block() const { return query_block_; }
-  // Bytes forward_unfused needs (the normalized P); forward needs none from the caller.
+  // Bytes forward_unfused needs (the normalized P).
   std::size_t workspace_size(index_t queries, index_t keys) const {
     return static_cast<std::size_t>(queries) * static_cast<std::size_t>(keys) * sizeof(T);
   }
+  // Bytes forward (the one pass) needs for the current OpenMP thread count: per thread a P tile,
+  // the running numerators, maxima and denominators of one query block; plus, when the keys are
+  // split across threads (decode), every split's partial triple.
+  std::size_t forward_workspace_size(index_t queries, index_t keys, index_t dim) const {
+    const Plan pl = plan(queries, keys);
+    return sizeof(T) * static_cast<std::size_t>(pl.threads * per_thread_elements(pl, dim) +
+                                                (pl.splits > 1 ? pl.items * pl.qb * (dim + 2) : 0));
+  }
 
   // s: [queries x keys], v: [keys x dim], y: [queries x dim], mask: [queries x keys] additive
-  // (−inf masks a key), or an empty view for none.
+  // (−inf masks a key), or an empty view for none. With a workspace of forward_workspace_size()
+  // bytes the call does not allocate; an empty one allocates per call.
   void forward(const MatrixView<const T>& s, const MatrixView<const T>& v, const MatrixView<T>& y,
-               const MatrixView<const T>& mask = MatrixView<const T>()) const {
+               const MatrixView<const T>& mask = MatrixView<const T>(),
+               Workspace workspace = {}) const {
     constexpr const char* where = "SoftmaxLinear::forward";
     check_io(where, s, v, y, mask);
     const index_t q = s.rows, keys = s.cols, dim = v.cols;
-    const int threads = cpu::max_threads();
-    // Enough query blocks for every thread when there are enough queries (128 queries on 2
-    // threads: two blocks of 64, not one of 128 on one thread).
-    const index_t qb = std::max<index_t>(1, std::min(query_block_, (q + threads - 1) / threads));
-    const index_t blocks = (q + qb - 1) / qb;
-    // Few query blocks (decode) cannot fill the threads: split the keys too, as flash-decoding
-    // does, and merge the partial (max, sum, numerator) triples afterwards.
-    index_t splits = 1;
-    if (blocks < threads && keys >= 2 * key_tile_)
-      splits = std::min<index_t>((threads + blocks - 1) / blocks, keys / key_tile_);
-    const index_t per_split =
-        ((keys + splits - 1) / splits + key_tile_ - 1) / key_tile_ * key_tile_;
-    splits = (keys + per_split - 1) / per_split;
-    const index_t items = blocks * splits;
-    std::vector<T> part_m, part_l, part_acc;
-    if (splits > 1) {
-      part_m.resize(static_cast<std::size_t>(items * qb));
-      part_l.resize(part_m.size());
-      part_acc.resize(part_m.size() * static_cast<std::size_t>(dim));
+    const Plan pl = plan(q, keys);
+    const index_t qb = pl.qb, splits = pl.splits, per_split = pl.per_split;
+    const std::size_t need = forward_workspace_size(q, keys, dim);
+    std::unique_ptr<T[]> owned;
+    T* base = static_cast<T*>(workspace.data);
+    if (base) {
+      if (workspace.bytes < need)
+        fail(where, "workspace.bytes = ", workspace.bytes, ", need forward_workspace_size(", q,
+             ", ", keys, ", ", dim, ") = ", need, " (for ", pl.threads, " threads)");
+      if (reinterpret_cast<std::uintptr_t>(base) % alignof(T) != 0)
+        fail(where, "workspace.data is not aligned to ", alignof(T), " bytes");
+    } else {
+      owned.reset(new T[need / sizeof(T)]);
+      base = owned.get();
     }
-    cpu::parallel_for(items, qb * per_split * (dim + 8), [&](std::int64_t item) {
+    const index_t per_thread = per_thread_elements(pl, dim);
+    T* part_m = base + pl.threads * per_thread;
+    T* part_l = part_m + pl.items * qb;
+    T* part_acc = part_l + pl.items * qb;
+    cpu::parallel_for_slots(pl.items, qb * per_split * (dim + 8), [&](std::int64_t item, int slot) {
       const index_t blk = item / splits, sp = item % splits;
       const index_t q0 = blk * qb, qn = std::min(qb, q - q0);
       const index_t k0 = sp * per_split, k1 = std::min(keys, k0 + per_split);
-      Tile acc = Tile::Zero(qn, dim);
-      std::vector<T> m(static_cast<std::size_t>(qn), -std::numeric_limits<T>::infinity());
-      std::vector<T> l(static_cast<std::size_t>(qn), T(0));
-      sweep(s, v, mask, q0, qn, k0, k1, m.data(), l.data(), acc);
+      T* mine = base + slot * per_thread;
+      TileMap acc(mine, qn, dim), p(mine + qb * dim, qn, std::min(key_tile_, k1 - k0));
+      T* m = mine + qb * (dim + key_tile_);
+      T* l = m + qb;
+      acc.setZero();
+      std::fill(m, m + qn, -std::numeric_limits<T>::infinity());
+      std::fill(l, l + qn, T(0));
+      sweep(s, v, mask, q0, qn, k0, k1, m, l, acc, p);
       if (splits == 1) {
         for (index_t i = 0; i < qn; ++i) {
           Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>> yr(y.row(q0 + i), dim);
@@ -475,14 +488,14 @@ class SoftmaxLinear<T, Cpu> {
             yr.setZero();
         }
       } else {
-        const std::size_t base = static_cast<std::size_t>(item * qb);
-        std::copy(m.begin(), m.end(), part_m.begin() + base);
-        std::copy(l.begin(), l.end(), part_l.begin() + base);
-        std::copy_n(acc.data(), qn * dim, part_acc.begin() + base * dim);
+        const index_t at = item * qb;
+        std::copy(m, m + qn, part_m + at);
+        std::copy(l, l + qn, part_l + at);
+        std::copy_n(acc.data(), qn * dim, part_acc + at * dim);
       }
     });
     if (splits == 1) return;
-    for (index_t blk = 0; blk < blocks; ++blk) {
+    for (index_t blk = 0; blk < pl.blocks; ++blk) {
       const index_t q0 = blk * qb, qn = std::min(qb, q - q0);
       for (index_t i = 0; i < qn; ++i) {
         T mx = -std::numeric_limits<T>::infinity();
@@ -493,12 +506,11 @@ class SoftmaxLinear<T, Cpu> {
         if (mx == -std::numeric_limits<T>::infinity()) continue;
         T l = 0;
         for (index_t sp = 0; sp < splits; ++sp) {
-          const std::size_t at = static_cast<std::size_t>((blk * splits + sp) * qb + i);
+          const index_t at = (blk * splits + sp) * qb + i;
           if (part_l[at] == T(0)) continue;
           const T f = std::exp(part_m[at] - mx);
           l += f * part_l[at];
-          yr += f * Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(
-                        part_acc.data() + at * dim, dim);
+          yr += f * Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(part_acc + at * dim, dim);
         }
         yr *= T(1) / l;
       }
@@ -545,14 +557,42 @@ class SoftmaxLinear<T, Cpu> {
   }
 
  private:
+  using TileMap = Eigen::Map<Tile>;
+
+  // How forward splits the work: query blocks of qb rows, and for decode (fewer blocks than
+  // threads) the keys in `splits` ranges of per_split keys, as flash-decoding does.
+  struct Plan {
+    index_t threads, qb, blocks, splits, per_split, items;
+  };
+  Plan plan(index_t q, index_t keys) const {
+    Plan pl;
+    pl.threads = cpu::max_threads();
+    // Enough query blocks for every thread when there are enough queries (128 queries on 2
+    // threads: two blocks of 64, not one of 128 on one thread).
+    pl.qb = std::max<index_t>(1, std::min(query_block_, (q + pl.threads - 1) / pl.threads));
+    pl.blocks = (q + pl.qb - 1) / pl.qb;
+    // Few query blocks (decode) cannot fill the threads: split the keys too, and merge the
+    // partial (max, sum, numerator) triples afterwards.
+    pl.splits = 1;
+    if (pl.blocks < pl.threads && keys >= 2 * key_tile_)
+      pl.splits = std::min<index_t>((pl.threads + pl.blocks - 1) / pl.blocks, keys / key_tile_);
+    pl.per_split = ((keys + pl.splits - 1) / pl.splits + key_tile_ - 1) / key_tile_ * key_tile_;
+    pl.splits = (keys + pl.per_split - 1) / pl.per_split;
+    pl.items = pl.blocks * pl.splits;
+    return pl;
+  }
+  // One thread's scratch: the numerators [qb x dim], the P tile [qb x key_tile], m and l.
+  index_t per_thread_elements(const Plan& pl, index_t dim) const {
+    return pl.qb * (dim + key_tile_ + 2);
+  }
+
   // The online softmax over keys [k0, k1) for query rows [q0, q0 + qn): running max m, running
-  // denominator l and running numerator acc, all in T (fp32 for float).
+  // denominator l and running numerator acc, all in T (fp32 for float); p is the tile buffer.
   void sweep(const MatrixView<const T>& s, const MatrixView<const T>& v,
              const MatrixView<const T>& mask, index_t q0, index_t qn, index_t k0, index_t k1, T* m,
-             T* l, Tile& acc) const {
+             T* l, TileMap& acc, TileMap& p) const {
     constexpr T kNegInf = -std::numeric_limits<T>::infinity();
     const index_t dim = v.cols;
-    Tile p(qn, std::min(key_tile_, k1 - k0));
     for (index_t kk = k0; kk < k1; kk += key_tile_) {
       const index_t kt = std::min(key_tile_, k1 - kk);
       for (index_t i = 0; i < qn; ++i) {
