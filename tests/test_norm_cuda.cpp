@@ -433,7 +433,9 @@ TYPED_TEST(NormDeviceTest, ConcurrentStatisticsForkAndJoinWithEvents) {
         const void* xs = e[1].stream;  // the secondary stream
         EXPECT_NE(xs, s);
         EXPECT_NE(xs, nullptr);
-        if (side) EXPECT_EQ(xs, side) << "the layer reuses its secondary stream";
+        if (side) {
+          EXPECT_EQ(xs, side) << "the layer reuses its secondary stream";
+        }
         side = xs;
         const void* fork = e[0].event;
         const std::size_t j = side_output ? 4 : 3;  // the join record
