@@ -118,6 +118,46 @@ void Stream::synchronize() const {
   check(cudaStreamSynchronize(raw(*this)), "cudaStreamSynchronize");
 }
 
+Event Event::create() {
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+  Event out;
+  out.handle_ = e;
+  return out;
+}
+
+Event::~Event() {
+  if (handle_) cudaEventDestroy(static_cast<cudaEvent_t>(handle_));
+}
+
+Event& Event::operator=(Event&& other) noexcept {
+  if (this != &other) {
+    if (handle_) cudaEventDestroy(static_cast<cudaEvent_t>(handle_));
+    handle_ = other.handle_;
+    other.handle_ = nullptr;
+  }
+  return *this;
+}
+
+void Event::record(const Stream& stream) {
+  if (handle_ == nullptr)
+    fail("Event::record", "the event is empty (default-constructed or moved)");
+  check(cudaEventRecord(static_cast<cudaEvent_t>(handle_), raw(stream)), "cudaEventRecord");
+}
+
+void Event::synchronize() const {
+  if (handle_ == nullptr)
+    fail("Event::synchronize", "the event is empty (default-constructed or moved)");
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(handle_)), "cudaEventSynchronize");
+}
+
+void wait_event(const Stream& stream, const Event& event) {
+  if (event.handle() == nullptr)
+    fail("wait_event", "the event is empty (default-constructed or moved)");
+  check(cudaStreamWaitEvent(raw(stream), static_cast<cudaEvent_t>(event.handle()), 0),
+        "cudaStreamWaitEvent");
+}
+
 void copy(void* dst, const void* src, std::size_t bytes, CopyKind kind, const Stream& stream) {
   if (bytes == 0) return;
   const cudaMemcpyKind k = kind == CopyKind::kHostToDevice   ? cudaMemcpyHostToDevice

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <tuple>
 
@@ -333,6 +334,238 @@ TYPED_TEST(NormDeviceTest, NormBadInputsThrowNamingTheValue) {
   hx.set(test::random_vector<T>(24, 2));
   run_path<B>(copy, true, hx, hy);
   EXPECT_TRUE(test::within_tolerance<T>(test::compare(hy.data(), 3, 4, 4, c.reference(hx))));
+}
+
+// --- The two-stream schedule and the shared statistics reduction ---------------------------------
+
+// Above 16 tokens forward runs RowStats on the layer's secondary stream while the GEMM runs on the
+// caller's; that must give exactly the single-stream schedule's output (same kernels, same data),
+// with and without the normalized side output, on the default and on a created caller stream.
+TYPED_TEST(NormDeviceTest, ConcurrentStatisticsMatchTheSingleStreamScheduleBitwise) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  using Stream = typename detail::DeviceApi<B>::Stream;
+  for (index_t tokens : {17, 40}) {
+    for (bool ln : {false, true}) {
+      for (bool created : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "tokens=" << tokens << " layer_norm=" << ln
+                                        << " created stream=" << created);
+        DevNormCase<T> c(ln, 45, 38, 21);
+        GuardedMatrix<T> x(tokens, 45, 1);
+        x.set(test::random_vector<T>(tokens * 45, 4, 2.0));
+        const auto ref = c.reference(x);
+        auto lnl = c.template make_ln<B>();
+        lnl.set_center_threshold(kInf);  // LayerNorm overlaps only without the host readback
+        auto rms = c.template make_rms<B>();
+        const Stream caller = created ? Stream::create() : Stream();
+        std::vector<std::vector<T>> ys, ns;
+        for (bool concurrent : {true, false}) {
+          lnl.set_concurrent_stats(concurrent);
+          rms.set_concurrent_stats(concurrent);
+          for (bool side_output : {false, true}) {
+            GuardedMatrix<T> y(tokens, 38, 2), xn(tokens, 45, 1);
+            {
+              BackendMatrix<B, T> dx(x), dy(y), dn(xn);
+              const MatrixView<T> nv = side_output ? dn.view() : MatrixView<T>();
+              if (ln)
+                lnl.forward(dx.cview(), dy.view(), {}, nv, caller);
+              else
+                rms.forward(dx.cview(), dy.view(), {}, nv, caller);
+              caller.synchronize();
+              dy.sync_to_host();
+              dn.sync_to_host();
+            }
+            ASSERT_TRUE(y.guards_intact());
+            ASSERT_TRUE(xn.guards_intact());
+            EXPECT_TRUE(
+                test::within_tolerance<T>(test::compare(y.data(), tokens, 38, y.stride(), ref)));
+            ys.emplace_back(y.storage(), y.storage() + y.storage_size());
+            if (side_output) ns.emplace_back(xn.storage(), xn.storage() + xn.storage_size());
+          }
+        }
+        for (std::size_t i = 1; i < ys.size(); ++i)
+          EXPECT_EQ(0, std::memcmp(ys[0].data(), ys[i].data(), ys[0].size() * sizeof(T)))
+              << "output " << i << " differs from the concurrent schedule's";
+        EXPECT_EQ(0, std::memcmp(ns[0].data(), ns[1].data(), ns[0].size() * sizeof(T)))
+            << "normalized side output";
+      }
+    }
+  }
+}
+
+// The emulator runs each call to completion when issued, so the schedule is checked on its trace
+// of stream-ordered calls: fork event on the caller's stream S, the secondary stream X waits for it
+// and runs the statistics, records the join event; the GEMM on S; S waits for the join before the
+// epilogue kernel.
+TYPED_TEST(NormDeviceTest, ConcurrentStatisticsForkAndJoinWithEvents) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  if constexpr (!std::is_same<B, CudaEmu>::value) {
+    GTEST_SKIP() << "the call trace is the emulator's (CudaEmu) only";
+  } else {
+    using Api = detail::DeviceApi<B>;
+    using cuda_emu::TraceOp;
+    const index_t tokens = 20;
+    DevNormCase<T> c(false, 24, 10, 3);
+    const auto rms = c.template make_rms<B>();
+    auto lnl = DevNormCase<T>(true, 24, 10, 3).template make_ln<B>();
+    typename Api::template Buffer<T> xb(tokens * 24), yb(tokens * 10), nb(tokens * 24);
+    const std::vector<T> xh = test::random_vector<T>(tokens * 24, 5);
+    xb.upload(xh.data(), xh.size());
+    typename Api::template Buffer<unsigned char> ws(rms.workspace_size(tokens) +
+                                                    lnl.workspace_size(tokens));
+    const MatrixView<const T> x(xb.data(), tokens, 24);
+    const MatrixView<T> y(yb.data(), tokens, 10);
+    const Workspace w{ws.data(), ws.size()};
+    const void* side = nullptr;
+    for (int created = 0; created < 2; ++created) {
+      for (bool side_output : {false, true}) {
+        SCOPED_TRACE(testing::Message()
+                     << "created stream=" << created << " side output=" << side_output);
+        const typename Api::Stream caller =
+            created ? Api::Stream::create() : typename Api::Stream();
+        const void* s = caller.handle();
+        cuda_emu::ScopedTrace trace;
+        rms.forward(x, y, w, side_output ? MatrixView<T>(nb.data(), tokens, 24) : MatrixView<T>(),
+                    caller);
+        const auto& e = trace.entries();
+        ASSERT_EQ(e.size(), side_output ? 8u : 7u);
+        const void* xs = e[1].stream;  // the secondary stream
+        EXPECT_NE(xs, s);
+        EXPECT_NE(xs, nullptr);
+        if (side) {
+          EXPECT_EQ(xs, side) << "the layer reuses its secondary stream";
+        }
+        side = xs;
+        const void* fork = e[0].event;
+        const std::size_t j = side_output ? 4 : 3;  // the join record
+        const void* join = e[j].event;
+        EXPECT_NE(fork, nullptr);
+        EXPECT_NE(join, nullptr);
+        EXPECT_NE(fork, join);
+        EXPECT_TRUE(e[0].op == TraceOp::kEventRecord && e[0].stream == s) << "fork record";
+        EXPECT_TRUE(e[1].op == TraceOp::kWaitEvent && e[1].event == fork) << "fork wait";
+        for (std::size_t i = 2; i < j; ++i)
+          EXPECT_TRUE(e[i].op == TraceOp::kLaunch && e[i].stream == xs) << "statistics " << i;
+        EXPECT_TRUE(e[j].op == TraceOp::kEventRecord && e[j].stream == xs) << "join record";
+        EXPECT_TRUE(e[j + 1].op == TraceOp::kGemm && e[j + 1].stream == s) << "GEMM";
+        EXPECT_TRUE(e[j + 2].op == TraceOp::kWaitEvent && e[j + 2].stream == s &&
+                    e[j + 2].event == join)
+            << "join wait";
+        EXPECT_TRUE(e[j + 3].op == TraceOp::kLaunch && e[j + 3].stream == s) << "epilogue";
+      }
+    }
+    // A single-stream schedule: LayerNorm's default (finite) center threshold reads the statistics
+    // back first, and set_concurrent_stats(false); both stay on the caller's stream.
+    for (bool threshold : {true, false}) {
+      lnl.set_center_threshold(threshold ? 4.0 : kInf);
+      lnl.set_concurrent_stats(threshold);  // on but unusable with a finite threshold; else off
+      cuda_emu::ScopedTrace trace;
+      lnl.forward(x, y, w);
+      for (const auto& en : trace.entries()) {
+        EXPECT_EQ(en.stream, nullptr) << cuda_emu::to_string(en.op);
+        EXPECT_NE(en.op, TraceOp::kWaitEvent);
+      }
+      EXPECT_EQ(trace.entries().size(), threshold ? 4u : 3u);  // stats, [readback], GEMM, epilogue
+    }
+    // A copy forks its own secondary stream.
+    const auto copy = rms;
+    cuda_emu::ScopedTrace trace;
+    copy.forward(x, y, w);
+    ASSERT_GE(trace.entries().size(), 2u);
+    EXPECT_NE(trace.entries()[1].stream, side);
+    EXPECT_NE(trace.entries()[1].stream, nullptr);
+  }
+}
+
+// RowStats and NormDecode share one block reduction (BlockRowStats in cuda/kernels/norm.cuh). Its
+// result is pinned bit for bit to a host replay of the reduction order: 256 threads each summing a
+// strided slice of x − K (K = x[0] for LayerNorm), a 5-step xor-butterfly per warp, the 8 warp
+// partials in order, then var = mean(d²) − mean(d)². Emulator only: nvcc contracts d * d into FMAs.
+template <class T>
+void replay_stats(const std::vector<T>& x, index_t tokens, index_t n, bool ln, float eps,
+                  std::vector<float>* out) {
+  constexpr int kThreads = 256;  // kNormThreads
+  out->assign(static_cast<std::size_t>(2 * tokens), 0.0f);
+  for (index_t r = 0; r < tokens; ++r) {
+    const T* xr = x.data() + r * n;
+    auto tof = [](T v) { return static_cast<float>(test::Scalar<T>::to_double(v)); };
+    const float k = ln ? tof(xr[0]) : 0.0f;
+    float p1[kThreads / 32], p2[kThreads / 32];
+    for (int w = 0; w < kThreads / 32; ++w) {
+      float v1[32], v2[32];
+      for (int l = 0; l < 32; ++l) {
+        float s1 = 0.0f, s2 = 0.0f;
+        for (index_t c = w * 32 + l; c < n; c += kThreads) {
+          const float d = tof(xr[c]) - k;
+          s1 += d;
+          s2 += d * d;
+        }
+        v1[l] = s1;
+        v2[l] = s2;
+      }
+      for (int off = 16; off > 0; off /= 2) {
+        float n1[32], n2[32];
+        for (int l = 0; l < 32; ++l) {
+          n1[l] = v1[l] + v1[l ^ off];
+          n2[l] = v2[l] + v2[l ^ off];
+        }
+        std::copy(n1, n1 + 32, v1);
+        std::copy(n2, n2 + 32, v2);
+      }
+      p1[w] = v1[0];
+      p2[w] = v2[0];
+    }
+    float t1 = 0.0f, t2 = 0.0f;
+    for (int w = 0; w < kThreads / 32; ++w) {
+      t1 += p1[w];
+      t2 += p2[w];
+    }
+    const float inv_n = 1.0f / static_cast<float>(n);
+    const float m1 = ln ? t1 * inv_n : 0.0f;
+    float var = t2 * inv_n - m1 * m1;
+    if (!(var > 0.0f)) var = 0.0f;
+    (*out)[2 * r] = k + m1;
+    (*out)[2 * r + 1] = 1.0f / std::sqrt(var + eps);
+  }
+}
+
+TYPED_TEST(NormDeviceTest, RowStatsAndDecodeStatisticsAreBitExact) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  if constexpr (!std::is_same<B, CudaEmu>::value) {
+    GTEST_SKIP() << "the bit pattern is the emulator's (nvcc contracts d * d into FMAs)";
+  } else {
+    using Api = detail::DeviceApi<B>;
+    const typename Api::Stream stream;
+    for (index_t n : {1, 33, 300, 1000}) {
+      for (bool ln : {false, true}) {
+        const index_t tokens = 5;
+        SCOPED_TRACE(testing::Message() << "in=" << n << " layer_norm=" << ln);
+        std::vector<double> xd(static_cast<std::size_t>(tokens * n));
+        fill_normal(xd.data(), tokens * n, 11 + n, 3.0, 2.0);  // a mean offset: shifts matter
+        const std::vector<T> xh = from_double<T>(xd);
+        std::vector<float> want;
+        replay_stats(xh, tokens, n, ln, 1e-5f, &want);
+        typename Api::template Buffer<T> xb(xh.data(), xh.size()), wb(n * 3), yb(tokens * 3);
+        const std::vector<T> wh = test::random_vector<T>(n * 3, 2);
+        wb.upload(wh.data(), wh.size());
+        typename Api::template Buffer<float> st(2 * tokens), sd(2 * tokens);
+        ASSERT_EQ(Status::kSuccess, Api::template row_stats<T>(xb.data(), tokens, n, n, ln, 1e-5f,
+                                                               st.data(), stream));
+        ASSERT_EQ(Status::kSuccess,
+                  Api::template norm_decode<T>(xb.data(), n, wb.data(), yb.data(), 3, tokens, n, 3,
+                                               ln, 1e-5f, nullptr, sd.data(), stream));
+        const std::vector<float> got = st.to_host(), dec = sd.to_host();
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          EXPECT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)
+              << "RowStats stats[" << i << "] = " << got[i] << ", replay " << want[i];
+          EXPECT_EQ(std::memcmp(&dec[i], &want[i], sizeof(float)), 0)
+              << "NormDecode stats[" << i << "] = " << dec[i] << ", replay " << want[i];
+        }
+      }
+    }
+  }
 }
 
 // --- SoftmaxLinear ------------------------------------------------------------------------------

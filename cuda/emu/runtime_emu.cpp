@@ -82,8 +82,14 @@ struct StreamToken {
   int unused = 0;
 };
 
+struct EventToken {
+  int unused = 0;
+};
+
+thread_local std::vector<TraceEntry>* active_trace = nullptr;
+
 struct BlasState {
-  void* stream = nullptr;  // recorded for fidelity; the emulation runs everything synchronously
+  void* stream = nullptr;  // the emulation runs everything synchronously; traces name the stream
 };
 
 const char* to_string(Op op) { return op == Op::kN ? "N" : "T"; }
@@ -386,8 +392,70 @@ Stream& Stream::operator=(Stream&& other) noexcept {
 
 void Stream::synchronize() const {}  // every emulated operation completes before it returns
 
-void copy(void* dst, const void* src, std::size_t bytes, CopyKind kind, const Stream& /*stream*/) {
+const char* to_string(TraceOp op) {
+  switch (op) {
+    case TraceOp::kLaunch:
+      return "launch";
+    case TraceOp::kGemm:
+      return "gemm";
+    case TraceOp::kCopy:
+      return "copy";
+    case TraceOp::kFill:
+      return "fill";
+    case TraceOp::kEventRecord:
+      return "event_record";
+    case TraceOp::kWaitEvent:
+      return "wait_event";
+  }
+  return "unknown";
+}
+
+ScopedTrace::ScopedTrace() : saved_(active_trace) { active_trace = &entries_; }
+
+ScopedTrace::~ScopedTrace() { active_trace = saved_; }
+
+void trace(TraceOp op, const void* stream, const void* event) {
+  if (active_trace) active_trace->push_back({op, stream, event});
+}
+
+Event Event::create() {
+  Event out;
+  out.handle_ = new EventToken;
+  return out;
+}
+
+Event::~Event() { delete static_cast<EventToken*>(handle_); }
+
+Event& Event::operator=(Event&& other) noexcept {
+  if (this != &other) {
+    delete static_cast<EventToken*>(handle_);
+    handle_ = other.handle_;
+    other.handle_ = nullptr;
+  }
+  return *this;
+}
+
+// Work is complete when issued, so recording and waiting only check the event and leave a trace.
+void Event::record(const Stream& stream) {
+  if (handle_ == nullptr)
+    fail("Event::record", "the event is empty (default-constructed or moved)");
+  trace(TraceOp::kEventRecord, stream.handle(), handle_);
+}
+
+void Event::synchronize() const {
+  if (handle_ == nullptr)
+    fail("Event::synchronize", "the event is empty (default-constructed or moved)");
+}
+
+void wait_event(const Stream& stream, const Event& event) {
+  if (event.handle() == nullptr)
+    fail("wait_event", "the event is empty (default-constructed or moved)");
+  trace(TraceOp::kWaitEvent, stream.handle(), event.handle());
+}
+
+void copy(void* dst, const void* src, std::size_t bytes, CopyKind kind, const Stream& stream) {
   if (bytes == 0) return;
+  trace(TraceOp::kCopy, stream.handle());
   const bool dst_device = kind != CopyKind::kDeviceToHost;
   const bool src_device = kind != CopyKind::kHostToDevice;
   if (kind != CopyKind::kHostToDevice && kind != CopyKind::kDeviceToHost &&
@@ -402,8 +470,9 @@ void copy(void* dst, const void* src, std::size_t bytes, CopyKind kind, const St
   std::memmove(dst, src, bytes);
 }
 
-void fill_zero(void* dst, std::size_t bytes, const Stream& /*stream*/) {
+void fill_zero(void* dst, std::size_t bytes, const Stream& stream) {
   if (bytes == 0) return;
+  trace(TraceOp::kFill, stream.handle());
   check_device_bytes("fill_zero", "dst", dst, bytes);
   std::memset(dst, 0, bytes);
 }
@@ -416,9 +485,10 @@ void BlasHandle::set_stream(const Stream& stream) {
   static_cast<BlasState*>(handle_)->stream = stream.handle();
 }
 
-void gemm(BlasHandle& /*blas*/, Op op_a, Op op_b, int m, int n, int k, float alpha, const void* a,
+void gemm(BlasHandle& blas, Op op_a, Op op_b, int m, int n, int k, float alpha, const void* a,
           DataType type_a, int lda, const void* b, DataType type_b, int ldb, float beta, void* c,
           DataType type_c, int ldc) {
+  trace(TraceOp::kGemm, static_cast<BlasState*>(blas.handle())->stream);
   run_gemm("gemm", /*batched=*/false,
            {op_a,
             op_b,
@@ -433,10 +503,11 @@ void gemm(BlasHandle& /*blas*/, Op op_a, Op op_b, int m, int n, int k, float alp
             1});
 }
 
-void gemm_strided_batched(BlasHandle& /*blas*/, Op op_a, Op op_b, int m, int n, int k, float alpha,
+void gemm_strided_batched(BlasHandle& blas, Op op_a, Op op_b, int m, int n, int k, float alpha,
                           const void* a, DataType type_a, int lda, long long stride_a,
                           const void* b, DataType type_b, int ldb, long long stride_b, float beta,
                           void* c, DataType type_c, int ldc, long long stride_c, int batch) {
+  trace(TraceOp::kGemm, static_cast<BlasState*>(blas.handle())->stream);
   run_gemm("gemm_strided_batched", /*batched=*/true,
            {op_a,
             op_b,

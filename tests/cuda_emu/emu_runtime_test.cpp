@@ -626,5 +626,48 @@ TEST(EmuRuntime, BlasHandleBindsAStream) {
   blas.set_stream(Stream());
 }
 
+TEST(EmuRuntime, EventsOrderStreamsAndTheTraceRecordsStreamOrderedCalls) {
+  const Stream s1 = Stream::create(), s2 = Stream::create();
+  cuda_emu::Event e = cuda_emu::Event::create();
+  EXPECT_NE(e.handle(), nullptr);
+  DeviceBuffer<float> buf(4);
+  std::vector<float> host(4, 1.0f);
+  {
+    cuda_emu::ScopedTrace outer;
+    e.record(s1);
+    {
+      cuda_emu::ScopedTrace inner;  // the innermost trace records; the outer one resumes after
+      cuda_emu::wait_event(s2, e);
+      ASSERT_EQ(inner.entries().size(), 1u);
+      EXPECT_EQ(inner.entries()[0].op, cuda_emu::TraceOp::kWaitEvent);
+      EXPECT_EQ(inner.entries()[0].stream, s2.handle());
+      EXPECT_EQ(inner.entries()[0].event, e.handle());
+    }
+    cuda_emu::fill_zero(buf.data(), buf.bytes(), s2);
+    cuda_emu::copy(host.data(), buf.data(), buf.bytes(), CopyKind::kDeviceToHost, s2);
+    e.synchronize();
+    const auto& t = outer.entries();
+    ASSERT_EQ(t.size(), 3u);
+    EXPECT_EQ(t[0].op, cuda_emu::TraceOp::kEventRecord);
+    EXPECT_EQ(t[0].stream, s1.handle());
+    EXPECT_EQ(t[0].event, e.handle());
+    EXPECT_EQ(t[1].op, cuda_emu::TraceOp::kFill);
+    EXPECT_EQ(t[1].stream, s2.handle());
+    EXPECT_EQ(t[2].op, cuda_emu::TraceOp::kCopy);
+    EXPECT_STREQ(cuda_emu::to_string(t[2].op), "copy");
+  }
+  EXPECT_EQ(host[0], 0.0f);
+  void* const h = e.handle();
+  cuda_emu::Event moved(std::move(e));
+  EXPECT_EQ(moved.handle(), h);
+  EXPECT_EQ(e.handle(), nullptr);
+  EXPECT_EQ(error_of([&] { e.record(s1); }),
+            "Event::record: the event is empty (default-constructed or moved)");
+  EXPECT_EQ(error_of([&] { cuda_emu::wait_event(s1, e); }),
+            "wait_event: the event is empty (default-constructed or moved)");
+  moved = cuda_emu::Event::create();  // frees the old token; ASan's leak check covers it
+  EXPECT_NE(moved.handle(), nullptr);
+}
+
 }  // namespace
 }  // namespace ffnkit::emu_runtime_test

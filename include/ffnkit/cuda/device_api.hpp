@@ -29,6 +29,7 @@ struct DeviceApi;
     template <class T>                                                              \
     using Buffer = ns::DeviceBuffer<T>;                                             \
     using Stream = ns::Stream;                                                      \
+    using Event = ns::Event;                                                        \
     using BlasHandle = ns::BlasHandle;                                              \
     using Op = ns::Op;                                                              \
     using DataType = ns::DataType;                                                  \
@@ -47,6 +48,9 @@ struct DeviceApi;
     template <class... A>                                                           \
     static void copy(A&&... a) {                                                    \
       ns::copy(std::forward<A>(a)...);                                              \
+    }                                                                               \
+    static void wait_event(const Stream& stream, const Event& event) {              \
+      ns::wait_event(stream, event);                                                \
     }                                                                               \
     template <class T, class... A>                                                  \
     static Status bias_activation(A&&... a) {                                       \

@@ -24,7 +24,7 @@ template <class... KernelArgs, class... Args>
 Status launch(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem_bytes,
               const Stream& stream, Args&&... args) {
 #if defined(FFNKIT_CUDA_EMU)
-  (void)stream;
+  ::ffnkit::cuda_emu::trace(::ffnkit::cuda_emu::TraceOp::kLaunch, stream.handle());
   emu::launch_kernel(kernel, grid, block, smem_bytes, std::forward<Args>(args)...);
   return Status::kSuccess;
 #else

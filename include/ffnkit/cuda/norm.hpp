@@ -8,13 +8,19 @@
 // F32 GemmEx), so the mean correction cancels at fp32 precision, not after rounding to 16 bits.
 // forward_unfused: RowStats + NormalizeRows (γ, β applied) into a buffer + GEMM on W + bias.
 //
-// The statistics kernel runs on the caller's stream before the GEMM: the GEMM does not need its
-// result, but only the epilogue does; overlapping the two on a second stream is not done here.
+// Above kDecodeTokens the statistics run concurrently with the GEMM (SPEC §1.10: only the epilogue
+// needs them): the layer forks a secondary stream it owns (created on first use) off the caller's
+// stream with an event, runs RowStats (and the optional normalized side output) there while the
+// GEMM runs on the caller's stream, and joins it with a second event before NormEpilogue. LayerNorm
+// with a finite center threshold cannot overlap (the GEMM's input depends on the statistics) and
+// runs everything on the caller's stream; set_concurrent_stats(false) does that for any layer.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -42,12 +48,15 @@ class DeviceNormLinear {
   static constexpr index_t kDecodeTokens = 16;
 
   DeviceNormLinear() = default;
+  // A copy gets its own secondary stream (created on its first concurrent forward).
   DeviceNormLinear(const DeviceNormLinear& o)
       : in_(o.in_),
         out_(o.out_),
         eps_(o.eps_),
         center_threshold_(o.center_threshold_),
         has_bias_(o.has_bias_),
+        concurrent_stats_(o.concurrent_stats_),
+        side_(std::make_unique<SideStream>()),
         w_(clone_buffer<B>(o.w_)),
         g_(clone_buffer<B>(o.g_)),
         be_(clone_buffer<B>(o.be_)),
@@ -70,6 +79,11 @@ class DeviceNormLinear {
   const float* row_sums() const { return c_.data(); }
   const float* folded_bias() const { return bf_.data(); }
   index_t parameter_count() const { return in_ * out_ + out_ + in_ * (kLayerNorm ? 2 : 1); }
+  // Whether forward runs the statistics on the layer's secondary stream, concurrently with the
+  // GEMM, above kDecodeTokens tokens (default true; LayerNorm also needs an infinite center
+  // threshold). Off: everything on the caller's stream, in the order stats, GEMM, epilogue.
+  void set_concurrent_stats(bool enabled) { concurrent_stats_ = enabled; }
+  bool concurrent_stats() const { return concurrent_stats_; }
   double flops_per_token() const { return 2.0 * static_cast<double>(in_) * out_; }
 
   // Device bytes of scratch for `tokens` tokens, enough for forward and forward_unfused: the
@@ -108,14 +122,48 @@ class DeviceNormLinear {
       if (s.owned.data()) stream.synchronize();
       return;
     }
-    throw_if_error(Api::template row_stats<T>(x.data, tokens, in_, x.row_stride, kLayerNorm,
-                                              static_cast<float>(eps_), s.stats, stream),
-                   where);
-    if (normalized.data)
-      throw_if_error(Api::template normalize_rows<T>(
-                         x.data, x.row_stride, normalized.data, normalized.row_stride, tokens, in_,
-                         s.stats, g_.data(), kLayerNorm ? be_.data() : nullptr, true, stream),
+    // The statistics (and the side output, which needs only them) on `on`: the caller's stream,
+    // or the secondary one while the GEMM runs.
+    auto stats_work = [&](const Stream& on) {
+      throw_if_error(Api::template row_stats<T>(x.data, tokens, in_, x.row_stride, kLayerNorm,
+                                                static_cast<float>(eps_), s.stats, on),
                      where);
+      if (normalized.data)
+        throw_if_error(Api::template normalize_rows<T>(
+                           x.data, x.row_stride, normalized.data, normalized.row_stride, tokens,
+                           in_, s.stats, g_.data(), kLayerNorm ? be_.data() : nullptr, true, on),
+                       where);
+    };
+    constexpr bool kFloatAcc = !std::is_same<T, float>::value;
+    void* acc = kFloatAcc ? static_cast<void*>(s.acc) : static_cast<void*>(y.data);
+    const index_t acc_ld = kFloatAcc ? out_ : y.row_stride;
+    if (concurrent_stats_ && !(kLayerNorm && std::isfinite(center_threshold_))) {
+      SideStream& side = *side_;
+      // One caller at a time issues the fork/join, so each join waits for its own statistics.
+      std::lock_guard<std::mutex> lock(side.mutex);
+      if (!side.ready) {
+        side.stream = Stream::create();
+        side.fork = Event::create();
+        side.join = Event::create();
+        side.ready = true;
+      }
+      // Fork: the statistics read x, which earlier work on the caller's stream may still write.
+      side.fork.record(stream);
+      Api::wait_event(side.stream, side.fork);
+      stats_work(side.stream);
+      side.join.record(side.stream);
+      gemm(where, x, wf_.data(), acc, kFloatAcc, acc_ld, stream);
+      // Join: the epilogue (and everything the caller queues after it) waits for the statistics.
+      Api::wait_event(stream, side.join);
+      throw_if_error(
+          Api::template norm_epilogue<T>(acc, kFloatAcc, acc_ld, y.data, y.row_stride, tokens, out_,
+                                         s.stats, kLayerNorm ? c_.data() : nullptr,
+                                         has_bias_ ? bf_.data() : nullptr, stream),
+          where);
+      if (s.owned.data()) stream.synchronize();  // the owned scratch is freed on return
+      return;
+    }
+    stats_work(stream);
     MatrixView<const T> input = x;
     bool centered = false;
     if (kLayerNorm && std::isfinite(center_threshold_)) {
@@ -136,9 +184,6 @@ class DeviceNormLinear {
         centered = true;
       }
     }
-    constexpr bool kFloatAcc = !std::is_same<T, float>::value;
-    void* acc = kFloatAcc ? static_cast<void*>(s.acc) : static_cast<void*>(y.data);
-    const index_t acc_ld = kFloatAcc ? out_ : y.row_stride;
     gemm(where, input, wf_.data(), acc, kFloatAcc, acc_ld, stream);
     throw_if_error(
         Api::template norm_epilogue<T>(acc, kFloatAcc, acc_ld, y.data, y.row_stride, tokens, out_,
@@ -193,7 +238,11 @@ class DeviceNormLinear {
 
   DeviceNormLinear(const char* where, index_t in_features, index_t out_features, const T* gamma,
                    const T* beta, const T* weight, const T* bias, double eps)
-      : in_(in_features), out_(out_features), eps_(eps), has_bias_(bias != nullptr || beta) {
+      : in_(in_features),
+        out_(out_features),
+        eps_(eps),
+        has_bias_(bias != nullptr || beta),
+        side_(std::make_unique<SideStream>()) {
     check_positive(where, "in_features", in_features);
     check_positive(where, "out_features", out_features);
     check_not_null(where, "weight", weight);
@@ -228,7 +277,17 @@ class DeviceNormLinear {
   }
 
  private:
+  using Event = typename Api::Event;
   static std::size_t align16(std::size_t b) { return (b + 15) / 16 * 16; }
+
+  // The secondary stream and its fork/join events, created on the first concurrent forward; the
+  // mutex serialises callers sharing the layer (forward is const and may run on several threads).
+  struct SideStream {
+    std::mutex mutex;
+    bool ready = false;
+    Stream stream;
+    Event fork, join;
+  };
 
   struct Scratch {
     float* stats = nullptr;
@@ -295,9 +354,11 @@ class DeviceNormLinear {
   double eps_ = 0;
   double center_threshold_ = 4.0;
   bool has_bias_ = false;
-  Buffer<T> w_, g_, be_, b_;  // as given, for the unfused path (γ, β, b: empty when null)
-  Buffer<T> wf_;              // W' = W diag(γ)
-  Buffer<float> c_, bf_;      // c = W' 1, b' = W β + b
+  bool concurrent_stats_ = true;
+  std::unique_ptr<SideStream> side_;  // null only in an empty or moved-from layer
+  Buffer<T> w_, g_, be_, b_;          // as given, for the unfused path (γ, β, b: empty when null)
+  Buffer<T> wf_;                      // W' = W diag(γ)
+  Buffer<float> c_, bf_;              // c = W' 1, b' = W β + b
 };
 
 // y = softmax(s + mask) V on device views, one pass (SoftmaxV kernel); forward_unfused is the

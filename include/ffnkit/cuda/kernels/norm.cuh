@@ -23,48 +23,62 @@ namespace FFNKIT_KERNEL_NS {
 constexpr unsigned kNormThreads = 256;  // a multiple of 32, at most 1024
 constexpr unsigned kSoftmaxThreads = 128;
 
-// stats[2 r] = μ (0 for RMSNorm), stats[2 r + 1] = 1/sqrt(var + ε) (RMSNorm: mean(x²) + ε).
-// LayerNorm uses sums shifted by K = x[r, 0]: with d = x − K, var = mean(d²) − mean(d)², whose
-// cancellation is bounded by (x[0] − μ)²/σ², not μ²/σ² (never E[x²] − E[x]²). Each thread sums a
-// strided slice, then a warp-shuffle and a shared-memory reduction in a fixed order.
+// The statistics of one row xr[0, cols) reduced by the whole block, shared by RowStats and
+// NormDecode: μ (0 for RMSNorm) and 1/sqrt(var + ε) (RMSNorm: mean(x²) + ε). LayerNorm uses sums
+// shifted by K = xr[0]: with d = x − K, var = mean(d²) − mean(d)², whose cancellation is bounded by
+// (x[0] − μ)²/σ², not μ²/σ² (never E[x²] − E[x]², SPEC §1.10). Each thread sums a strided slice,
+// then a warp-shuffle and a shared-memory reduction (part1, part2: 32 floats of shared memory each)
+// in a fixed order. Only thread 0 gets the result: it returns true there with *mean and *rstd set.
+// Every thread of the block must call it, and __syncthreads() before the next call (part1/part2).
+template <class T>
+__device__ FFNKIT_FORCEINLINE bool BlockRowStats(const T* __restrict__ xr, index_t cols,
+                                                 int layer_norm, float eps, float* part1,
+                                                 float* part2, float* mean, float* rstd) {
+  using C = Convert<T>;
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const float k = layer_norm ? C::to_float(xr[0]) : 0.0f;
+  float s1 = 0.0f, s2 = 0.0f;
+  for (index_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float d = C::to_float(xr[c]) - k;
+    s1 += d;
+    s2 += d * d;
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+    s2 += __shfl_xor_sync(0xffffffffu, s2, off);
+  }
+  if (lane == 0) {
+    part1[warp] = s1;
+    part2[warp] = s2;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return false;
+  float t1 = 0.0f, t2 = 0.0f;
+  for (unsigned w = 0; w < warps; ++w) {
+    t1 += part1[w];
+    t2 += part2[w];
+  }
+  const float inv_n = 1.0f / static_cast<float>(cols);
+  const float m1 = layer_norm ? t1 * inv_n : 0.0f;
+  float var = t2 * inv_n - m1 * m1;
+  if (!(var > 0.0f)) var = 0.0f;
+  *mean = k + m1;
+  *rstd = 1.0f / sqrtf(var + eps);
+  return true;
+}
+
+// stats[2 r] = μ, stats[2 r + 1] = 1/sqrt(var + ε) for every row (BlockRowStats), a block per row.
 template <class T>
 __global__ void RowStatsKernel(const T* __restrict__ x, index_t rows, index_t cols,
                                index_t row_stride, int layer_norm, float eps,
                                float* __restrict__ stats) {
-  using C = Convert<T>;
   __shared__ float part1[32];
   __shared__ float part2[32];
-  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   for (index_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    const T* xr = x + r * row_stride;
-    const float k = layer_norm ? C::to_float(xr[0]) : 0.0f;
-    float s1 = 0.0f, s2 = 0.0f;
-    for (index_t c = threadIdx.x; c < cols; c += blockDim.x) {
-      const float d = C::to_float(xr[c]) - k;
-      s1 += d;
-      s2 += d * d;
-    }
-    for (int off = 16; off > 0; off /= 2) {
-      s1 += __shfl_xor_sync(0xffffffffu, s1, off);
-      s2 += __shfl_xor_sync(0xffffffffu, s2, off);
-    }
-    if (lane == 0) {
-      part1[warp] = s1;
-      part2[warp] = s2;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float t1 = 0.0f, t2 = 0.0f;
-      for (unsigned w = 0; w < warps; ++w) {
-        t1 += part1[w];
-        t2 += part2[w];
-      }
-      const float inv_n = 1.0f / static_cast<float>(cols);
-      const float m1 = layer_norm ? t1 * inv_n : 0.0f;
-      float var = t2 * inv_n - m1 * m1;
-      if (!(var > 0.0f)) var = 0.0f;
-      stats[2 * r] = k + m1;
-      stats[2 * r + 1] = 1.0f / sqrtf(var + eps);
+    float mean, rstd;
+    if (BlockRowStats(x + r * row_stride, cols, layer_norm, eps, part1, part2, &mean, &rstd)) {
+      stats[2 * r] = mean;
+      stats[2 * r + 1] = rstd;
     }
     __syncthreads();  // part1/part2 are reused by the next row
   }
@@ -210,39 +224,10 @@ __global__ void NormDecodeKernel(const T* __restrict__ x, index_t x_stride, cons
   __shared__ float part2[32];
   const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   for (index_t t = 0; t < tokens; ++t) {
-    const T* xr = x + t * x_stride;
-    const float k = layer_norm ? C::to_float(xr[0]) : 0.0f;
-    float s1 = 0.0f, s2 = 0.0f;
-    for (index_t c = threadIdx.x; c < n; c += blockDim.x) {
-      const float d = C::to_float(xr[c]) - k;
-      s1 += d;
-      s2 += d * d;
-    }
-    for (int off = 16; off > 0; off /= 2) {
-      s1 += __shfl_xor_sync(0xffffffffu, s1, off);
-      s2 += __shfl_xor_sync(0xffffffffu, s2, off);
-    }
-    if (lane == 0) {
-      part1[warp] = s1;
-      part2[warp] = s2;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      float t1 = 0.0f, t2 = 0.0f;
-      for (unsigned v = 0; v < warps; ++v) {
-        t1 += part1[v];
-        t2 += part2[v];
-      }
-      const float inv_n = 1.0f / static_cast<float>(n);
-      const float m1 = layer_norm ? t1 * inv_n : 0.0f;
-      float var = t2 * inv_n - m1 * m1;
-      if (!(var > 0.0f)) var = 0.0f;
-      mean[t] = k + m1;
-      rstd[t] = 1.0f / sqrtf(var + eps);
-      if (blockIdx.x == 0 && stats) {
-        stats[2 * t] = mean[t];
-        stats[2 * t + 1] = rstd[t];
-      }
+    if (BlockRowStats(x + t * x_stride, n, layer_norm, eps, part1, part2, &mean[t], &rstd[t]) &&
+        blockIdx.x == 0 && stats) {
+      stats[2 * t] = mean[t];
+      stats[2 * t + 1] = rstd[t];
     }
     __syncthreads();
   }
