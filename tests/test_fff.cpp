@@ -424,6 +424,7 @@ test::Tolerance device_tolerance() {
 }
 
 const char* kernel_name(FffKernel k) {
+  if (k == FffKernel::kAuto) return "kernel chosen by kAuto";
   return k == FffKernel::kGrouped ? "grouped kernel" : "warp-per-token kernel";
 }
 
