@@ -116,6 +116,18 @@ struct DeviceApi;
     static Status fff_forward(A&&... a) {                                           \
       return ns::FffForward<T>(std::forward<A>(a)...);                              \
     }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status fff_grouped_forward(A&&... a) {                                   \
+      return ns::FffGroupedForward<T>(std::forward<A>(a)...);                       \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status fff_backward_tokens(A&&... a) {                                   \
+      return ns::FffBackwardTokens<T>(std::forward<A>(a)...);                       \
+    }                                                                               \
+    template <class T, class... A>                                                  \
+    static Status fff_backward_nodes(A&&... a) {                                    \
+      return ns::FffBackwardNodes<T>(std::forward<A>(a)...);                        \
+    }                                                                               \
   };
 
 #if defined(FFNKIT_WITH_CUDA)

@@ -17,6 +17,17 @@ namespace detail {
 // indices a forward records per token (and 2^(D+1) must not overflow).
 constexpr index_t kFffMaxDepth = 29;
 
+// The device grouped forward keeps a node's w_in and w_out rows in fp32 shared memory: at most
+// 48 KB (the limit without an opt-in), so in + out <= 12288.
+constexpr index_t kFffGroupedMaxWidth = 12288;
+
+// int32 scratch of the device grouped forward (ffnkit/cuda/kernels/fff.cuh): node and perm per
+// token, count over two levels' nodes, cursor, offsets and tiles per leaf-level node (+1).
+inline index_t fff_grouped_scratch_ints(index_t tokens, index_t depth) {
+  const index_t leaves = index_t(1) << depth;
+  return 2 * tokens + 5 * leaves + 2;
+}
+
 // Bytes of physical memory, or 0 when the system does not say.
 inline double physical_memory_bytes() {
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
