@@ -44,8 +44,12 @@ def main():
         expect(np.array_equal(a, ramp(15, 0.375, -7).reshape(3, 5)), "f32 values")
         h = f.get_tensor("ffnkit.f16")
         # numpy's float32 -> float16 cast is the independent oracle of ffnkit's rounding.
-        expect(h.dtype == np.float16 and np.array_equal(h, ramp(4, 0.3, 0).astype(np.float16)),
-               f"f16 values {h}")
+        hard = [float.fromhex("0x1.002p0"), float.fromhex("0x1.006p0"), 2049.0, 65520.0,
+                float.fromhex("0x1p-26"), float.fromhex("0x1.8p-25")]
+        with np.errstate(over="ignore"):
+            h_expect = np.concatenate([ramp(4, 0.3, 0), np.array(hard, np.float32)]).astype(
+                np.float16)
+        expect(h.dtype == np.float16 and np.array_equal(h, h_expect), f"f16 values {h}")
         d = f.get_tensor("ffnkit.f64")
         expect(np.array_equal(d, np.array([1.0 / 3.0, -1e-300])), f"f64 values {d}")
         i = f.get_tensor("ffnkit.i32")

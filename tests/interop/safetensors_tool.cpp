@@ -21,10 +21,18 @@ std::vector<float> ramp(int n, float scale, float shift) {
   return v;
 }
 
+// Rounding's hard cases: ties (1 + 2^-11, 1 + 3 2^-11, 2049), overflow (65520), a value that
+// rounds to 0 (2^-26) and a subnormal (1.5 2^-25); the Python side rounds them with numpy.
+std::vector<float> f16_values() {
+  std::vector<float> v = ramp(4, 0.3f, 0.0f);
+  for (float x : {0x1.002p0f, 0x1.006p0f, 2049.0f, 65520.0f, 0x1p-26f, 0x1.8p-25f}) v.push_back(x);
+  return v;
+}
+
 int write(const std::string& path) {
   ffnkit::io::SafetensorsWriter w;
   w.add("ffnkit.f32", {3, 5}, ramp(15, 0.375f, -7.0f));
-  w.add("ffnkit.f16", {4}, ramp(4, 0.3f, 0.0f).data(), Dtype::kF16);
+  w.add("ffnkit.f16", {10}, f16_values().data(), Dtype::kF16);
   w.add("ffnkit.bf16", {2, 3}, ramp(6, 0.3f, 0.0f).data(), Dtype::kBF16);
   const std::vector<double> d = {1.0 / 3.0, -1e-300};
   w.add("ffnkit.f64", {2}, d.data());
