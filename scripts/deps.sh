@@ -2,7 +2,7 @@
 # installed. As root it installs what is missing; otherwise it prints the exact command and stops.
 # `fortunes` is data, not a build dependency: the English text example 07 (a test) trains on.
 FFNKIT_DEPS=(cmake make g++ libeigen3-dev libopenblas-openmp-dev libgtest-dev libbenchmark-dev
-             libboost-context-dev fortunes)
+             libboost-context-dev nlohmann-json3-dev fortunes)
 
 ffnkit_ensure_deps() {
   local missing=()
@@ -12,15 +12,34 @@ ffnkit_ensure_deps() {
       missing+=("$pkg")
     fi
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ ${#missing[@]} -eq 0 ]; then
+    ffnkit_ensure_python_interop
+    return 0
+  fi
   if [ "$(id -u)" -eq 0 ]; then
     echo "ffnkit: installing missing packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    ffnkit_ensure_python_interop
   else
     echo "ffnkit: missing packages: ${missing[*]}" >&2
     echo "Install them with:" >&2
     echo "  sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
+}
+
+# Optional: Python's safetensors and numpy, for the safetensors interop test (which skips without
+# them). Installed with pip from PyPI into whichever python3 is on PATH; any failure (no network,
+# no pip, an externally managed Python refusing) only prints a note and never fails the caller.
+ffnkit_ensure_python_interop() {
+  command -v python3 >/dev/null 2>&1 || return 0
+  python3 -c "import safetensors, numpy" >/dev/null 2>&1 && return 0
+  local pip=(python3 -m pip install --quiet --disable-pip-version-check --timeout 20 --retries 1)
+  echo "ffnkit: installing Python's safetensors and numpy for the interop test (optional)"
+  if ! "${pip[@]}" safetensors numpy >/dev/null 2>&1 &&
+     ! "${pip[@]}" --break-system-packages safetensors numpy >/dev/null 2>&1; then
+    echo "ffnkit: could not pip-install safetensors/numpy; the interop test will be skipped" >&2
+  fi
+  return 0
 }

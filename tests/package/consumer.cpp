@@ -1,7 +1,9 @@
 // Calls the dense FFN through the installed package and checks it against the installed oracle.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <ffnkit/ffnkit.hpp>
+#include <ffnkit/io/layers.hpp>
 #include <ffnkit/reference.hpp>
 #include <vector>
 
@@ -23,5 +25,13 @@ int main() {
   double worst = 0;
   for (std::size_t i = 0; i < ref.size(); ++i) worst = std::fmax(worst, std::fabs(ref[i] - y[i]));
   std::printf("consumer: max abs error vs float64 reference = %.3g\n", worst);
-  return worst < 1e-5 ? 0 : 1;
+
+  // ffnkit::io from the package: the up projection through a safetensors image and back.
+  io::SafetensorsWriter w;
+  io::save_dense_linear(w, "mlp.up.", ffn.up());
+  const auto loaded =
+      io::load_dense_linear(io::SafetensorsFile::from_bytes(w.to_bytes()), "mlp.up.");
+  const bool same = std::equal(loaded.weight(), loaded.weight() + d * f, ffn.up().weight());
+  std::printf("consumer: safetensors round trip %s\n", same ? "exact" : "DIFFERS");
+  return worst < 1e-5 && same ? 0 : 1;
 }
