@@ -8,6 +8,7 @@
 
 #include "ffnkit/ffnkit.hpp"
 #include "ffnkit/ffnkit_c.h"
+#include "ffnkit/io/layers.hpp"
 
 struct ffnkit_layer {
   virtual ~ffnkit_layer() = default;
@@ -17,6 +18,10 @@ struct ffnkit_layer {
   virtual std::size_t workspace_size(ffnkit::index_t tokens) const = 0;
   virtual void forward(const ffnkit::MatrixView<const float>& x, const ffnkit::MatrixView<float>& y,
                        ffnkit::Workspace ws) const = 0;
+};
+
+struct ffnkit_safetensors {
+  ffnkit::io::SafetensorsFile file;
 };
 
 namespace {
@@ -161,6 +166,57 @@ ffnkit_status ffnkit_layernorm_linear_create(int64_t in_features, int64_t out_fe
   using L = ffnkit::LayerNormLinear<float, ffnkit::Cpu>;
   return create<L>("layernorm_linear", layer,
                    [&] { return L(in_features, out_features, gamma, beta, weight, bias, eps); });
+}
+
+ffnkit_status ffnkit_safetensors_open(const char* path, ffnkit_safetensors** file) {
+  constexpr const char* where = "ffnkit_safetensors_open";
+  if (!file) return fail(FFNKIT_ERROR_INVALID_ARGUMENT, std::string(where) + ": file is NULL");
+  *file = nullptr;
+  return guarded([&] {
+    ffnkit::check_not_null(where, "path", path);
+    *file = new ffnkit_safetensors{ffnkit::io::SafetensorsFile::open(path)};
+  });
+}
+
+void ffnkit_safetensors_close(ffnkit_safetensors* file) { delete file; }
+
+ffnkit_status ffnkit_layer_load(const ffnkit_safetensors* file, const char* kind,
+                                const char* prefix, const char* linear_prefix, int64_t depth,
+                                ffnkit_layer** layer) {
+  namespace io = ffnkit::io;
+  using ffnkit::Cpu;
+  constexpr const char* where = "ffnkit_layer_load";
+  if (!layer) return fail(FFNKIT_ERROR_INVALID_ARGUMENT, std::string(where) + ": layer is NULL");
+  *layer = nullptr;
+  if (!file) return fail(FFNKIT_ERROR_INVALID_ARGUMENT, std::string(where) + ": file is NULL");
+  if (!kind) return fail(FFNKIT_ERROR_INVALID_ARGUMENT, std::string(where) + ": kind is NULL");
+  const std::string k = kind, p = prefix ? prefix : "", lp = linear_prefix ? linear_prefix : "";
+  const io::SafetensorsFile& f = file->file;
+  if (k == "dense_linear")
+    return create<ffnkit::DenseLinear<float, Cpu>>("dense_linear", layer,
+                                                   [&] { return io::load_dense_linear(f, p); });
+  if (k == "lowrank")
+    return create<ffnkit::LowRankLinear<float, Cpu>>(
+        "lowrank", layer, [&] { return io::load_low_rank_linear(f, p); });
+  if (k == "blockdense")
+    return create<ffnkit::BlockDenseLinear<float, Cpu>>(
+        "blockdense", layer, [&] { return io::load_block_dense_linear(f, p); });
+  if (k == "blockshuffle")
+    return create<ffnkit::BlockShuffleLinear<float, Cpu>>(
+        "blockshuffle", layer, [&] { return io::load_block_shuffle_linear(f, p); });
+  if (k == "fff")
+    return create<ffnkit::FastFeedForward<float, Cpu>>(
+        "fff", layer, [&] { return io::load_fast_feed_forward(f, p, depth); });
+  if (k == "rmsnorm_linear")
+    return create<ffnkit::RMSNormLinear<float, Cpu>>(
+        "rmsnorm_linear", layer, [&] { return io::load_rms_norm_linear(f, p, lp); });
+  if (k == "layernorm_linear")
+    return create<ffnkit::LayerNormLinear<float, Cpu>>(
+        "layernorm_linear", layer, [&] { return io::load_layer_norm_linear(f, p, lp); });
+  return fail(FFNKIT_ERROR_INVALID_ARGUMENT,
+              std::string(where) + ": kind = '" + k +
+                  "', expected dense_linear, lowrank, blockdense, blockshuffle, fff, "
+                  "rmsnorm_linear or layernorm_linear");
 }
 
 void ffnkit_layer_destroy(ffnkit_layer* layer) { delete layer; }

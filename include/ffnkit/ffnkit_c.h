@@ -70,6 +70,21 @@ ffnkit_status ffnkit_layernorm_linear_create(int64_t in_features, int64_t out_fe
                                              const float* weight, const float* bias, double eps,
                                              ffnkit_layer** layer);
 
+/* A memory-mapped safetensors file (validated at open), to load layers from by tensor name. */
+typedef struct ffnkit_safetensors ffnkit_safetensors;
+ffnkit_status ffnkit_safetensors_open(const char* path, ffnkit_safetensors** file);
+void ffnkit_safetensors_close(ffnkit_safetensors* file); /* NULL is ignored */
+
+/* Loads one layer, converting F32/F16/BF16/F64 tensors to float. kind: "dense_linear" (weight,
+ * bias?), "lowrank" (lr1, lr2, bias?), "blockdense" (blkdiag, lr, bias?), "blockshuffle"
+ * (blkdiag1, blkdiag2, bias?), "fff" (linear_in.weight, linear_in.bias, linear_out.weight; depth
+ * is the tree depth), "rmsnorm_linear" / "layernorm_linear" (prefix: the norm's, with weight and
+ * for LayerNorm bias; linear_prefix: the nn.Linear's). Tensor names are prefix + name; depth and
+ * linear_prefix are ignored by the kinds that do not use them. */
+ffnkit_status ffnkit_layer_load(const ffnkit_safetensors* file, const char* kind,
+                                const char* prefix, const char* linear_prefix, int64_t depth,
+                                ffnkit_layer** layer);
+
 /* Destroys a handle; NULL is ignored. */
 void ffnkit_layer_destroy(ffnkit_layer* layer);
 

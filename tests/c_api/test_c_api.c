@@ -296,6 +296,56 @@ static void test_errors(void) {
   CHECK(ffnkit_layer_in_features(NULL) == 0);
 }
 
+/* A safetensors file written by hand (8-byte little-endian header length, JSON header padded
+ * with spaces to 8 bytes, data), so the loader is checked against the format, not its own writer.
+ */
+static void test_safetensors(void) {
+  const char* path = "c_api_test.safetensors";
+  const float w[6] = {1, 2, 3, -1, 0, 4}, b[2] = {0.5f, -0.5f}, x[3] = {1, -1, 2};
+  char header[160];
+  int len = snprintf(header, sizeof header,
+                     "{\"mlp.fc.weight\":{\"dtype\":\"F32\",\"shape\":[2,3],"
+                     "\"data_offsets\":[0,24]},\"mlp.fc.bias\":{\"dtype\":\"F32\","
+                     "\"shape\":[2],\"data_offsets\":[24,32]}}");
+  while (len % 8) header[len++] = ' ';
+  unsigned char size[8];
+  for (int i = 0; i < 8; ++i) size[i] = (unsigned char)(((uint64_t)len >> (8 * i)) & 0xFF);
+  FILE* f = fopen(path, "wb");
+  CHECK(f != NULL);
+  if (!f) return;
+  fwrite(size, 1, 8, f);
+  fwrite(header, 1, (size_t)len, f);
+  fwrite(w, sizeof(float), 6, f); /* little-endian floats on the machines we build for */
+  fwrite(b, sizeof(float), 2, f);
+  fclose(f);
+
+  ffnkit_safetensors* file = NULL;
+  ffnkit_layer* layer = NULL;
+  float y[2];
+  CHECK_OK(ffnkit_safetensors_open(path, &file));
+  CHECK_OK(ffnkit_layer_load(file, "dense_linear", "mlp.fc.", NULL, 0, &layer));
+  CHECK(ffnkit_layer_in_features(layer) == 3 && ffnkit_layer_out_features(layer) == 2);
+  CHECK_OK(ffnkit_layer_forward(layer, x, 1, 3, y, 2, NULL, 0));
+  CHECK(fabsf(y[0] - 5.5f) < 1e-6f && fabsf(y[1] - 6.5f) < 1e-6f);
+  ffnkit_layer_destroy(layer);
+  layer = NULL;
+  /* A missing tensor and an unknown kind are named. */
+  CHECK(ffnkit_layer_load(file, "lowrank", "mlp.fc.", NULL, 0, &layer) ==
+        FFNKIT_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(ffnkit_last_error(), "mlp.fc.lr1") != NULL);
+  CHECK(layer == NULL);
+  CHECK(ffnkit_layer_load(file, "conv", "mlp.fc.", NULL, 0, &layer) ==
+        FFNKIT_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(ffnkit_last_error(), "kind = 'conv'") != NULL);
+  ffnkit_safetensors_close(file);
+  remove(path);
+  /* A file that is not there. */
+  CHECK(ffnkit_safetensors_open("no/such/file.safetensors", &file) ==
+        FFNKIT_ERROR_INVALID_ARGUMENT);
+  CHECK(strstr(ffnkit_last_error(), "no/such/file.safetensors") != NULL);
+  CHECK(file == NULL);
+}
+
 int main(void) {
   printf("ffnkit %s C API\n", ffnkit_version());
   test_dense_and_lowrank();
@@ -304,6 +354,7 @@ int main(void) {
   test_norm_layers();
   test_softmax_v();
   test_errors();
+  test_safetensors();
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;
