@@ -317,6 +317,29 @@ TEST(SafetensorsHostile, TruncatedAndOversizedLengths) {
                   "data truncated by one byte");
 }
 
+TEST(SafetensorsHostile, HeaderLengthIsCapped) {
+  // A sparse file just over the 100 MB header cap: no disk used, and only the first page is read.
+  const std::string path = temp_path("huge_header.safetensors");
+  const std::uint64_t n = 100000001;
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  ASSERT_EQ(std::fwrite(len, 1, 8, f), 8u);
+  ASSERT_EQ(std::fflush(f), 0);
+  ASSERT_EQ(::ftruncate(::fileno(f), static_cast<off_t>(8 + n)), 0);
+  std::fclose(f);
+  try {
+    SafetensorsFile::open(path);
+    ADD_FAILURE() << "a 100 MB header was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("header length 100000001 exceeds the limit"),
+              std::string::npos)
+        << e.what();
+  }
+  std::remove(path.c_str());
+}
+
 TEST(SafetensorsHostile, MalformedHeaders) {
   const Bytes d8(8);
   const std::vector<std::tuple<std::string, std::string, std::string>> cases = {
