@@ -1,8 +1,9 @@
 # Sourced by scripts/bench and scripts/test: makes sure the Debian packages ffnkit builds with are
 # installed. As root it installs what is missing; otherwise it prints the exact command and stops.
 # `fortunes` is data, not a build dependency: the English text example 07 (a test) trains on.
+# `clang` builds the libFuzzer target the safetensors_fuzz test runs (libFuzzer ships with it).
 FFNKIT_DEPS=(cmake make g++ libeigen3-dev libopenblas-openmp-dev libgtest-dev libbenchmark-dev
-             libboost-context-dev nlohmann-json3-dev fortunes)
+             libboost-context-dev nlohmann-json3-dev clang fortunes)
 
 ffnkit_ensure_deps() {
   local missing=()
