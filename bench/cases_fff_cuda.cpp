@@ -31,10 +31,17 @@ void check(cudaError_t e, const char* call) {
   if (e != cudaSuccess) fail(call, cudaGetErrorString(e));
 }
 
-// Owned cudaEvents around run() on the runner's stream.
+void require_device() {
+  std::string why;
+  if (!cuda::device_available(&why)) fail("cuda fff case", "no CUDA device: ", why);
+}
+
+// Owned cudaEvents around run() on the runner's stream; constructed first in a runner, so it is
+// also where a missing device turns into the case's skip reason.
 class EventTimer {
  public:
   EventTimer() {
+    require_device();
     check(cudaEventCreate(&start_), "cudaEventCreate");
     check(cudaEventCreate(&stop_), "cudaEventCreate");
   }
@@ -60,11 +67,6 @@ class EventTimer {
   cudaEvent_t start_ = nullptr, stop_ = nullptr;
 };
 
-void require_device() {
-  std::string why;
-  if (!cuda::device_available(&why)) fail("cuda fff case", "no CUDA device: ", why);
-}
-
 template <class T>
 std::vector<T> random_input(index_t count) {
   std::vector<double> xd(static_cast<std::size_t>(count));
@@ -78,7 +80,6 @@ template <class T>
 class CudaFffRunner : public Runner {
  public:
   CudaFffRunner(const Shape& s, FffKernel kernel) : s_(s), kernel_(kernel) {
-    require_device();
     fff_ = FastFeedForward<T, Cuda>::random(s.d_model, s.d_model, 1, kDepth, kSeed);
     x_host_ = random_input<T>(s.tokens * s.d_model);
     x_ = cuda::DeviceBuffer<T>(x_host_.data(), x_host_.size());
@@ -142,6 +143,7 @@ class CudaFffRunner : public Runner {
                  make_view(y_.data(), s_.tokens, s_.d_model), leaves, kernel_,
                  Workspace{ws_.data(), ws_.bytes()}, stream_);
   }
+  EventTimer timer_;  // first: checks for a device before anything else is set up
   Shape s_;
   FffKernel kernel_;
   FastFeedForward<T, Cuda> fff_;
@@ -151,7 +153,6 @@ class CudaFffRunner : public Runner {
   cuda::DeviceBuffer<std::int32_t> leaves_;
   cuda::DeviceBuffer<unsigned char> ws_;
   cuda::Stream stream_;
-  EventTimer timer_;
   double distinct_ = 0;
 };
 
@@ -160,7 +161,6 @@ template <class T>
 class CudaDense4095Runner : public Runner {
  public:
   explicit CudaDense4095Runner(const Shape& s) : s_(s) {
-    require_device();
     s_.d_ff = (index_t(2) << kDepth) - 1;
     ffn_ = DenseFFN<T, Cuda>::random(s.d_model, s_.d_ff, Activation::kGeluErf, kSeed);
     x_host_ = random_input<T>(s.tokens * s.d_model);
@@ -204,13 +204,13 @@ class CudaDense4095Runner : public Runner {
   }
 
  private:
+  EventTimer timer_;  // first: checks for a device before anything else is set up
   Shape s_;
   DenseFFN<T, Cuda> ffn_;
   std::vector<T> x_host_;
   cuda::DeviceBuffer<T> x_, y_;
   cuda::DeviceBuffer<unsigned char> ws_;
   cuda::Stream stream_;
-  EventTimer timer_;
 };
 
 LayerCase device_case(std::string name, std::string description, std::string baseline,

@@ -14,7 +14,9 @@
 //                      once for a tile of up to kFffTileTokens of its tokens, a warp per token.
 //                      λ goes through the same fff_warp_dot (lane j sums elements j, j + 32, ...
 //                      in index order, then the same butterfly) on the same fp32 values, so it is
-//                      the per-token kernel's λ bit for bit, and so is every branch.
+//                      the per-token kernel's λ bit for bit, and so is every branch. Levels whose
+//                      nodes average fewer than kFffGroupMinTokens tokens are walked per token
+//                      (the same fff_walk as the per-token kernel) from the node reached.
 // Both accumulate the output row in fp32 (`acc`, each lane owning columns lane + 32 i): for
 // T = float that is y itself, for 16-bit T a fp32 scratch converted to T once at the end, so the
 // output is rounded once instead of at every level.
@@ -45,6 +47,10 @@ namespace FFNKIT_KERNEL_NS {
 constexpr unsigned kFffWarpsPerBlock = 4;
 // Tokens of one node handled by one block of the grouped kernel per load of the node's rows.
 constexpr index_t kFffTileTokens = 64;
+// The grouped forward groups a level only while its nodes average at least this many tokens (one
+// per warp of a tile); below, loading a node's rows into shared memory for fewer tokens than warps
+// does not pay, and the remaining levels run per token (FffWalkKernel).
+constexpr index_t kFffGroupMinTokens = 4;
 
 // <x, w> over n elements as a warp: lane j sums elements j, j + 32, ... in index order in fp32,
 // then an xor butterfly; every lane returns the same bits. Both forward kernels and the backward
@@ -58,6 +64,27 @@ __device__ __forceinline__ float fff_warp_dot(const T* __restrict__ x, const W* 
   for (int offset = 16; offset > 0; offset /= 2)
     acc += __shfl_xor_sync(0xffffffffu, acc, offset, 32);
   return acc;
+}
+
+// One token's walk through tree levels [d_begin, depth] from node n (index inside the tree) as a
+// warp: acc_row += GELU(λ) w_out[n] per level, the lane owning columns lane + 32 i. Returns the
+// leaf. The warp-per-token kernel and the grouped kernel's per-token lower levels share it.
+template <class T>
+__device__ __forceinline__ index_t fff_walk(const T* __restrict__ xt, float* at,
+                                            const T* __restrict__ w_in, const T* __restrict__ b_in,
+                                            const T* __restrict__ w_out, index_t in, index_t out,
+                                            index_t row_base, index_t n, index_t d_begin,
+                                            index_t depth, unsigned lane) {
+  for (index_t d = d_begin; d <= depth; ++d) {
+    const index_t row = row_base + n;
+    const float lambda =
+        fff_warp_dot(xt, w_in + row * in, in, lane) + Convert<T>::to_float(b_in[row]);
+    const float g = GeluErfFn{}(lambda);
+    const T* wo = w_out + row * out;
+    for (index_t j = lane; j < out; j += 32) at[j] += g * Convert<T>::to_float(wo[j]);
+    if (d < depth) n = 2 * n + 1 + (lambda > 0.0f ? 1 : 0);  // a tie (λ == 0) goes left
+  }
+  return n;
 }
 
 // x: [tokens x in] (row stride x_stride), w_in: [K·nodes x in], b_in: [K·nodes],
@@ -78,22 +105,35 @@ __global__ void FffForwardKernel(const T* __restrict__ x, index_t x_stride,
     float* at = acc + t * acc_stride;
     for (index_t j = lane; j < out; j += 32) at[j] = 0.0f;
     for (index_t k = 0; k < trees; ++k) {
-      index_t n = 0;
-      for (index_t d = 0; d <= depth; ++d) {
-        const index_t row = k * nodes + n;
-        const float lambda =
-            fff_warp_dot(xt, w_in + row * in, in, lane) + Convert<T>::to_float(b_in[row]);
-        const float g = GeluErfFn{}(lambda);
-        const T* wo = w_out + row * out;
-        for (index_t j = lane; j < out; j += 32) at[j] += g * Convert<T>::to_float(wo[j]);
-        if (d < depth) n = 2 * n + 1 + (lambda > 0.0f ? 1 : 0);  // a tie (λ == 0) goes left
-      }
+      const index_t n = fff_walk(xt, at, w_in, b_in, w_out, in, out, k * nodes, 0, 0, depth, lane);
       if (leaves && lane == 0) leaves[t * trees + k] = static_cast<std::int32_t>(n);
     }
     if (!std::is_same<T, float>::value) {  // one rounding of the fp32 row (the lane's own columns)
       T* yt = y + t * y_stride;
       for (index_t j = lane; j < out; j += 32) yt[j] = Convert<T>::from_float(at[j]);
     }
+  }
+}
+
+// The grouped forward's lower levels of tree k, where groups are too small to repay a tile: a warp
+// per token continues from node[t] at level d_begin (from the root when node is null) to its leaf.
+template <class T>
+__global__ void FffWalkKernel(const T* __restrict__ x, index_t x_stride, const T* __restrict__ w_in,
+                              const T* __restrict__ b_in, const T* __restrict__ w_out, float* acc,
+                              index_t acc_stride, index_t tokens, index_t in, index_t out,
+                              index_t trees, index_t k, index_t depth, index_t d_begin,
+                              const std::int32_t* __restrict__ node, bool init,
+                              std::int32_t* __restrict__ leaves) {
+  const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const index_t nodes = (index_t(2) << depth) - 1;
+  for (index_t t = static_cast<index_t>(blockIdx.x) * kFffWarpsPerBlock + warp; t < tokens;
+       t += static_cast<index_t>(gridDim.x) * kFffWarpsPerBlock) {
+    float* at = acc + t * acc_stride;
+    if (init)
+      for (index_t j = lane; j < out; j += 32) at[j] = 0.0f;
+    const index_t n = fff_walk(x + t * x_stride, at, w_in, b_in, w_out, in, out, k * nodes,
+                               node ? static_cast<index_t>(node[t]) : 0, d_begin, depth, lane);
+    if (leaves && lane == 0) leaves[t * trees + k] = static_cast<std::int32_t>(n);
   }
 }
 
@@ -379,10 +419,14 @@ Status FffGroupedForward(const T* x, index_t x_stride, const T* w_in, const T* b
   const unsigned token_blocks = grid_blocks(tokens, threads);
   const std::size_t smem = static_cast<std::size_t>(in + out) * sizeof(float);
   Status s = Status::kSuccess;
+  // Levels [0, split) grouped, [split, depth] per token.
+  index_t split = 0;
+  while (split <= depth && (tokens >> split) >= kFffGroupMinTokens) ++split;
+  const unsigned walk_blocks = grid_blocks(tokens, kFffWarpsPerBlock);
   for (index_t k = 0; k < trees && s == Status::kSuccess; ++k) {
     s = launch(FffGroupInitKernel<std::int32_t>, dim3(token_blocks), dim3(threads), 0, stream, node,
                tokens, count);
-    for (index_t d = 0; d <= depth && s == Status::kSuccess; ++d) {
+    for (index_t d = 0; d < split && s == Status::kSuccess; ++d) {
       const index_t level_nodes = index_t(1) << d, first = level_nodes - 1;
       s = launch(FffGroupScanKernel<std::int32_t>, dim3(1), dim3(32), 0, stream, count, cursor,
                  offsets, tiles, level_nodes);
@@ -398,6 +442,11 @@ Status FffGroupedForward(const T* x, index_t x_stride, const T* w_in, const T* b
                  static_cast<const std::int32_t*>(offsets), static_cast<const std::int32_t*>(tiles),
                  static_cast<const std::int32_t*>(perm), node, count, leaves);
     }
+    if (s == Status::kSuccess && split <= depth)
+      s = launch(FffWalkKernel<T>, dim3(walk_blocks), dim3(threads), 0, stream, x, x_stride, w_in,
+                 b_in, w_out, acc, acc_stride, tokens, in, out, trees, k, depth, split,
+                 static_cast<const std::int32_t*>(split > 0 ? node : nullptr), k == 0 && split == 0,
+                 leaves);
   }
   if (s == Status::kSuccess && separate_acc)
     s = launch(FffConvertKernel<T>, dim3(grid_blocks(tokens * out, threads)), dim3(threads), 0,
