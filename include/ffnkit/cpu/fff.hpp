@@ -467,8 +467,6 @@ class FastFeedForward<T, Cpu> {
     const index_t block = std::max<index_t>(1, std::min<index_t>(block_tokens(), per_thread));
     index_t split = 0;  // S: 2^S buckets of ~`block` tokens
     while (split < depth_ && (T_ >> (split + 1)) >= block) ++split;
-    // A single regrouping level only doubles the groups below it: not worth a sort and a fork.
-    if (split == 1) split = 0;
     T* g = sc.g;
     std::int32_t* leaf = sc.leaf;
     index_t* at = sc.at;
@@ -552,8 +550,11 @@ class FastFeedForward<T, Cpu> {
     const T bias = b_in_[row];
     const bool descend = d < depth_ && d + 1 < d_end;
     if (descend) {
-      cpu::fff::prefetch_full_row(&w_in_[(row + node + 1) * in_], in_ * sizeof(T));
-      cpu::fff::prefetch_full_row(&w_in_[(row + node + 2) * in_], in_ * sizeof(T));
+      // Whole rows only when the group is large enough that its dots hide them; for a few tokens
+      // the heads, as the walk does (the stream prefetcher follows a started row).
+      const auto prefetch = count >= 8 ? cpu::fff::prefetch_full_row : cpu::fff::prefetch_row;
+      prefetch(&w_in_[(row + node + 1) * in_], in_ * sizeof(T));
+      prefetch(&w_in_[(row + node + 2) * in_], in_ * sizeof(T));
     }
     index_t i = 0;
     for (; i + 4 <= count; i += 4) {
