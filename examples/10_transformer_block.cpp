@@ -183,21 +183,20 @@ std::vector<float> run_block(const std::string& path, FfnKind kind, const std::v
           u[t * kHidden + j] = GeluErfFn{}(r * u[t * kHidden + j] + b_up[j]);
       }
     };
-    if (kind == FfnKind::kLowRank) {
-      const auto up = fold_gamma<LowRankLinear<float>>(f, gamma2);
-      const auto down = io::load_low_rank_linear(f, "block.ffn.down.");
+    // up' (γ folded, no bias), then r and the bias with the activation, then down: the same three
+    // steps for either structured family.
+    const auto run_ffn = [&](const auto& up, const auto& down) {
       arena.reserve(std::max(up.workspace_size(tokens), down.workspace_size(tokens)));
       up.forward(hv, uv, arena.get());
       finish_up();
       down.forward(make_view<const float>(u.data(), tokens, kHidden), outv, arena.get());
-    } else {
-      const auto up = fold_gamma<BlockDenseLinear<float>>(f, gamma2);
-      const auto down = io::load_block_dense_linear(f, "block.ffn.down.");
-      arena.reserve(std::max(up.workspace_size(tokens), down.workspace_size(tokens)));
-      up.forward(hv, uv, arena.get());
-      finish_up();
-      down.forward(make_view<const float>(u.data(), tokens, kHidden), outv, arena.get());
-    }
+    };
+    if (kind == FfnKind::kLowRank)
+      run_ffn(fold_gamma<LowRankLinear<float>>(f, gamma2),
+              io::load_low_rank_linear(f, "block.ffn.down."));
+    else
+      run_ffn(fold_gamma<BlockDenseLinear<float>>(f, gamma2),
+              io::load_block_dense_linear(f, "block.ffn.down."));
   }
   for (std::size_t i = 0; i < out.size(); ++i) out[i] += h[i];
   return out;

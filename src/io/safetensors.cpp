@@ -632,8 +632,9 @@ void encode(const char* where, const std::string& name, const In* values, std::s
 }
 }  // namespace
 
-void SafetensorsWriter::add(const std::string& name, const std::vector<std::int64_t>& shape,
-                            const float* values, Dtype dtype) {
+template <class V>
+void SafetensorsWriter::add_values(const std::string& name, const std::vector<std::int64_t>& shape,
+                                   const V* values, Dtype dtype) {
   constexpr const char* where = "SafetensorsWriter::add";
   if (dtype != Dtype::kF32 && dtype != Dtype::kF64 && dtype != Dtype::kF16 && dtype != Dtype::kBF16)
     fail(where, "tensor '", name, "': cannot encode floating-point values as ", dtype_name(dtype),
@@ -649,19 +650,13 @@ void SafetensorsWriter::add(const std::string& name, const std::vector<std::int6
 }
 
 void SafetensorsWriter::add(const std::string& name, const std::vector<std::int64_t>& shape,
+                            const float* values, Dtype dtype) {
+  add_values(name, shape, values, dtype);
+}
+
+void SafetensorsWriter::add(const std::string& name, const std::vector<std::int64_t>& shape,
                             const double* values, Dtype dtype) {
-  constexpr const char* where = "SafetensorsWriter::add";
-  if (dtype != Dtype::kF32 && dtype != Dtype::kF64 && dtype != Dtype::kF16 && dtype != Dtype::kBF16)
-    fail(where, "tensor '", name, "': cannot encode floating-point values as ", dtype_name(dtype),
-         " (use add_raw)");
-  std::size_t n = 0;
-  Entry& e = new_entry(where, name, dtype, shape, &n);
-  try {
-    encode(where, name, values, n, dtype, e.bytes.data());
-  } catch (...) {
-    entries_.erase(name);
-    throw;
-  }
+  add_values(name, shape, values, dtype);
 }
 
 void SafetensorsWriter::add(const std::string& name, const std::vector<std::int64_t>& shape,

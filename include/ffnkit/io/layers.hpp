@@ -197,20 +197,33 @@ FastFeedForward<T, Cpu> load_fast_feed_forward(const SafetensorsFile& f, const s
   });
 }
 
+namespace detail {
+// The tensors both norm-fused loaders read: the nn.Linear's weight [out, in] and optional bias,
+// and the norm's optional γ [in].
+template <class T>
+struct NormLinearTensors {
+  index_t in, out;
+  Elements<T> weight, bias, gamma;  // bias and gamma: null ptr when absent
+};
+template <class T>
+NormLinearTensors<T> norm_linear_tensors(const SafetensorsFile& f, const std::string& norm_prefix,
+                                         const std::string& linear_prefix) {
+  const TensorView& w = tensor_of_rank(f, linear_prefix + "weight", 2, "[out, in]");
+  const index_t m = w.shape[0], n = w.shape[1];
+  return NormLinearTensors<T>{
+      n, m, elements<T>(w), optional_elements<T>(optional_tensor(f, linear_prefix + "bias", {m})),
+      optional_elements<T>(optional_tensor(f, norm_prefix + "weight", {n}))};
+}
+}  // namespace detail
+
 // RMSNorm (γ = <norm_prefix>weight, absent for an RMSNorm without affine weight) fused into the
 // nn.Linear at <linear_prefix> (SPEC §1.10).
 template <class T = float>
 RMSNormLinear<T, Cpu> load_rms_norm_linear(const SafetensorsFile& f, const std::string& norm_prefix,
                                            const std::string& linear_prefix, double eps = 1e-6) {
   return detail::with_context("load_rms_norm_linear", norm_prefix + "', '" + linear_prefix, [&] {
-    const TensorView& w = detail::tensor_of_rank(f, linear_prefix + "weight", 2, "[out, in]");
-    const index_t m = w.shape[0], n = w.shape[1];
-    const auto we = detail::elements<T>(w);
-    const auto be =
-        detail::optional_elements<T>(detail::optional_tensor(f, linear_prefix + "bias", {m}));
-    const auto ge =
-        detail::optional_elements<T>(detail::optional_tensor(f, norm_prefix + "weight", {n}));
-    return RMSNormLinear<T, Cpu>(n, m, ge.ptr, we.ptr, be.ptr, eps);
+    const auto t = detail::norm_linear_tensors<T>(f, norm_prefix, linear_prefix);
+    return RMSNormLinear<T, Cpu>(t.in, t.out, t.gamma.ptr, t.weight.ptr, t.bias.ptr, eps);
   });
 }
 
@@ -222,16 +235,11 @@ LayerNormLinear<T, Cpu> load_layer_norm_linear(const SafetensorsFile& f,
                                                const std::string& linear_prefix,
                                                double eps = 1e-5) {
   return detail::with_context("load_layer_norm_linear", norm_prefix + "', '" + linear_prefix, [&] {
-    const TensorView& w = detail::tensor_of_rank(f, linear_prefix + "weight", 2, "[out, in]");
-    const index_t m = w.shape[0], n = w.shape[1];
-    const auto we = detail::elements<T>(w);
-    const auto be =
-        detail::optional_elements<T>(detail::optional_tensor(f, linear_prefix + "bias", {m}));
-    const auto ge =
-        detail::optional_elements<T>(detail::optional_tensor(f, norm_prefix + "weight", {n}));
-    const auto bte =
-        detail::optional_elements<T>(detail::optional_tensor(f, norm_prefix + "bias", {n}));
-    return LayerNormLinear<T, Cpu>(n, m, ge.ptr, bte.ptr, we.ptr, be.ptr, eps);
+    const auto t = detail::norm_linear_tensors<T>(f, norm_prefix, linear_prefix);
+    const auto beta =
+        detail::optional_elements<T>(detail::optional_tensor(f, norm_prefix + "bias", {t.in}));
+    return LayerNormLinear<T, Cpu>(t.in, t.out, t.gamma.ptr, beta.ptr, t.weight.ptr, t.bias.ptr,
+                                   eps);
   });
 }
 

@@ -199,6 +199,10 @@ class SafetensorsWriter {
     std::vector<std::int64_t> shape;
     std::vector<unsigned char> bytes;
   };
+  // add() for float and double values: the same checks and encoding.
+  template <class V>
+  void add_values(const std::string& name, const std::vector<std::int64_t>& shape, const V* values,
+                  Dtype dtype);
   Entry& new_entry(const char* where, const std::string& name, Dtype dtype,
                    const std::vector<std::int64_t>& shape, std::size_t* count);
   std::map<std::string, Entry> entries_;
