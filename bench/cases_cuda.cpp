@@ -31,7 +31,7 @@ std::vector<typename L::Scalar> weight_of(const L& l) {
 
 void require_device(const char* where) {
   std::string why;
-  if (!cuda::device_available(&why)) fail(where, "no CUDA device: ", why);
+  if (!cuda::device_available(&why)) fail(where, kNoDevice, why);
 }
 
 // Times forward of any FFN on the Cuda backend: DenseFFN or StructuredFFN. `make` builds the FFN

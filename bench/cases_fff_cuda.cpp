@@ -33,7 +33,7 @@ void check(cudaError_t e, const char* call) {
 
 void require_device() {
   std::string why;
-  if (!cuda::device_available(&why)) fail("cuda fff case", "no CUDA device: ", why);
+  if (!cuda::device_available(&why)) fail("cuda fff case", kNoDevice, why);
 }
 
 // Owned cudaEvents around run() on the runner's stream; constructed first in a runner, so it is

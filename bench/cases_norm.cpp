@@ -4,10 +4,9 @@
 //  - The full suite (ffnkit_bench_norm, see register_norm_suite): d in {768, 2048, 4096} into
 //    d_out in {d, 4d}, tokens in {1, 16, 128, 2048}; Softmax V at sequence lengths
 //    {128, 1024, 4096, 16384}, head dim 64 and 128, one-pass against three-pass. Each benchmark
-//    alternates the two paths inside one timing loop, so drift on a shared machine hits both, and
-//    reports their ratio as the `speedup` counter.
+//    interleaves the two paths (bench/harness.hpp: run_interleaved), so drift on a shared machine
+//    hits both, and reports the median of their per-round ratios as the `speedup` counter.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -21,10 +20,6 @@ namespace ffnkit {
 namespace bench {
 
 namespace {
-
-double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Parameters of a norm -> linear layer of the given shape (seeded, variance 1 / fan-in).
 struct NormParams {
@@ -136,31 +131,13 @@ const RegisterCase table_cases[] = {
                   })),
 };
 
-// Times `a` and `b` alternately, once each per benchmark iteration; the iteration time is a's.
-// Counters: both medians in ms and speedup = median(b) / median(a).
+// Times `a` and `b` interleaved; the benchmark's time is a's. Counters: both medians in ms and
+// speedup = median over rounds of b / a.
 template <class A, class B>
 void paired(benchmark::State& state, A&& a, B&& b, const char* a_name, const char* b_name) {
-  a();
-  b();  // warm-up: first touch of buffers and weights
-  std::vector<double> ta, tb;
-  for (auto _ : state) {
-    double t0 = seconds_now();
-    a();
-    const double da = seconds_now() - t0;
-    t0 = seconds_now();
-    b();
-    tb.push_back(seconds_now() - t0);
-    ta.push_back(da);
-    state.SetIterationTime(da);
-  }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size() / 2];
-  };
-  const double ma = median(ta), mb = median(tb);
-  state.counters[std::string(a_name) + "_ms"] = ma * 1e3;
-  state.counters[std::string(b_name) + "_ms"] = mb * 1e3;
-  state.counters["speedup"] = ma > 0 ? mb / ma : 0.0;
+  const std::vector<TimedPath> paths = {{a_name, [&] { return host_seconds(a); }},
+                                        {b_name, [&] { return host_seconds(b); }}};
+  report_path_medians(state, paths, run_interleaved(state, paths));
 }
 
 template <bool kLayerNorm>
@@ -189,18 +166,11 @@ void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
               Eigen::Map<const Eigen::ArrayXf>(b + j0, count);
         });
   };
-  std::vector<double> tp, tu;
-  for (int i = 0; i < 5; ++i) {
-    double t0 = seconds_now();
-    product();
-    tp.push_back(seconds_now() - t0);
-    t0 = seconds_now();
-    layer.forward_unfused(xv, yv, w);
-    tu.push_back(seconds_now() - t0);
-  }
-  std::sort(tp.begin(), tp.end());
-  std::sort(tu.begin(), tu.end());
-  state.counters["norm_pass_share"] = std::max(0.0, 1.0 - tp[2] / tu[2]);
+  const PathTimes t = interleave(
+      {{"product", [&] { return host_seconds(product); }},
+       {"unfused", [&] { return host_seconds([&] { layer.forward_unfused(xv, yv, w); }); }}},
+      0.0, 5);
+  state.counters["norm_pass_share"] = std::max(0.0, 1.0 - median_ratio(t[0], t[1]));
   state.counters["tokens"] = static_cast<double>(tokens);
 }
 
@@ -233,26 +203,17 @@ void register_norm_suite() {
       for (index_t t : {1, 16, 128, 2048}) {
         const std::string shape = "/d=" + std::to_string(d) + "/out=" + std::to_string(mult * d) +
                                   "/tokens=" + std::to_string(t);
-        benchmark::RegisterBenchmark(
-            ("rmsnorm_linear" + shape).c_str(),
-            [=](benchmark::State& st) { bm_norm<false>(st, d, mult * d, t); })
-            ->UseManualTime()
-            ->Unit(benchmark::kMillisecond);
-        benchmark::RegisterBenchmark(
-            ("layernorm_linear" + shape).c_str(),
-            [=](benchmark::State& st) { bm_norm<true>(st, d, mult * d, t); })
-            ->UseManualTime()
-            ->Unit(benchmark::kMillisecond);
+        register_paired("rmsnorm_linear" + shape,
+                        [=](benchmark::State& st) { bm_norm<false>(st, d, mult * d, t); });
+        register_paired("layernorm_linear" + shape,
+                        [=](benchmark::State& st) { bm_norm<true>(st, d, mult * d, t); });
       }
     }
   }
   for (index_t seq : {128, 1024, 4096, 16384}) {
     for (index_t dim : {64, 128}) {
-      benchmark::RegisterBenchmark(
-          ("softmax_v/seq=" + std::to_string(seq) + "/dim=" + std::to_string(dim)).c_str(),
-          [=](benchmark::State& st) { bm_softmax(st, seq, dim); })
-          ->UseManualTime()
-          ->Unit(benchmark::kMillisecond);
+      register_paired("softmax_v/seq=" + std::to_string(seq) + "/dim=" + std::to_string(dim),
+                      [=](benchmark::State& st) { bm_softmax(st, seq, dim); });
     }
   }
 }

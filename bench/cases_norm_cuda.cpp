@@ -2,10 +2,10 @@
 // RMSNormLinear / LayerNormLinear fused against unfused, d in {768, 2048, 4096} into d_out in
 // {d, 4d}, tokens in {1, 16, 128, 2048}, and Softmax V one-pass against three-pass at sequence
 // lengths {128, 1024, 4096, 16384}, head dim 64 and 128; fp32 and fp16. Timed with cudaEvents on
-// one created stream, every path once per iteration in turn (drift hits all of them); counters:
-// each path's median in ms and speedup = median(second path) / median(first). Without a device
-// every case is skipped with the reason (SkipWithError), never reported as a time. The emulator is
-// never benchmarked: its timings would say nothing about a GPU.
+// one created stream, the paths interleaved (bench/harness.hpp: run_interleaved; drift hits all of
+// them); counters: each path's median in ms and speedup = median over rounds of second path /
+// first. Without a device every case is skipped with the reason (SkipWithError), never reported as
+// a time. The emulator is never benchmarked: its timings would say nothing about a GPU.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -27,7 +27,7 @@ namespace {
 bool skip_without_device(benchmark::State& state) {
   std::string why;
   if (cuda::device_available(&why)) return false;
-  state.SkipWithError(("no CUDA device: " + why).c_str());
+  state.SkipWithError((kNoDevice + why).c_str());
   return true;
 }
 
@@ -48,37 +48,25 @@ struct TimingEvent {
 
 using Path = std::pair<std::string, std::function<void()>>;
 
-// Times every path between two events on `stream`, in turn, once per benchmark iteration; the
-// iteration time is the first path's. Everything a path queues must be on `stream`.
+// Times every path between two events on `stream`, interleaved; the benchmark's time is the
+// first path's. Everything a path queues must be on `stream`.
 void timed_paths(benchmark::State& state, const cuda::Stream& stream,
                  const std::vector<Path>& paths) {
-  for (const auto& p : paths) p.second();  // warm-up: cuBLAS heuristics, the secondary stream
-  stream.synchronize();
   TimingEvent start, stop;
   const auto s = static_cast<cudaStream_t>(stream.handle());
-  std::vector<std::vector<double>> times(paths.size());
-  for (auto _ : state) {
-    for (std::size_t i = 0; i < paths.size(); ++i) {
-      check(cudaEventRecord(start.e, s), "cudaEventRecord");
-      paths[i].second();
-      check(cudaEventRecord(stop.e, s), "cudaEventRecord");
-      check(cudaEventSynchronize(stop.e), "cudaEventSynchronize");
-      float ms = 0;
-      check(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
-      times[i].push_back(ms * 1e-3);
-    }
-    state.SetIterationTime(times[0].back());
+  std::vector<TimedPath> timed;
+  for (const auto& p : paths) {
+    timed.push_back({p.first, [&start, &stop, s, &run = p.second] {
+                       check(cudaEventRecord(start.e, s), "cudaEventRecord");
+                       run();
+                       check(cudaEventRecord(stop.e, s), "cudaEventRecord");
+                       check(cudaEventSynchronize(stop.e), "cudaEventSynchronize");
+                       float ms = 0;
+                       check(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
+                       return ms * 1e-3;
+                     }});
   }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size() / 2];
-  };
-  std::vector<double> med;
-  for (std::size_t i = 0; i < paths.size(); ++i) {
-    med.push_back(median(times[i]));
-    state.counters[paths[i].first + "_ms"] = med.back() * 1e3;
-  }
-  state.counters["speedup"] = med.size() > 1 && med[0] > 0 ? med[1] / med[0] : 0.0;
+  report_path_medians(state, timed, run_interleaved(state, timed));
 }
 
 template <class T>
@@ -168,27 +156,18 @@ void register_dtype(const std::string& dtype) {
         const std::string shape = "_" + dtype + "/d=" + std::to_string(d) +
                                   "/out=" + std::to_string(mult * d) +
                                   "/tokens=" + std::to_string(t);
-        benchmark::RegisterBenchmark(
-            ("cuda_rmsnorm_linear" + shape).c_str(),
-            [=](benchmark::State& st) { bm_norm<T, false>(st, d, mult * d, t); })
-            ->UseManualTime()
-            ->Unit(benchmark::kMillisecond);
-        benchmark::RegisterBenchmark(
-            ("cuda_layernorm_linear" + shape).c_str(),
-            [=](benchmark::State& st) { bm_norm<T, true>(st, d, mult * d, t); })
-            ->UseManualTime()
-            ->Unit(benchmark::kMillisecond);
+        register_paired("cuda_rmsnorm_linear" + shape,
+                        [=](benchmark::State& st) { bm_norm<T, false>(st, d, mult * d, t); });
+        register_paired("cuda_layernorm_linear" + shape,
+                        [=](benchmark::State& st) { bm_norm<T, true>(st, d, mult * d, t); });
       }
     }
   }
   for (index_t seq : {128, 1024, 4096, 16384}) {
     for (index_t dim : {64, 128}) {
-      benchmark::RegisterBenchmark(("cuda_softmax_v_" + dtype + "/seq=" + std::to_string(seq) +
-                                    "/dim=" + std::to_string(dim))
-                                       .c_str(),
-                                   [=](benchmark::State& st) { bm_softmax<T>(st, seq, dim); })
-          ->UseManualTime()
-          ->Unit(benchmark::kMillisecond);
+      register_paired(
+          "cuda_softmax_v_" + dtype + "/seq=" + std::to_string(seq) + "/dim=" + std::to_string(dim),
+          [=](benchmark::State& st) { bm_softmax<T>(st, seq, dim); });
     }
   }
 }

@@ -1,7 +1,5 @@
 #include "ffnkit/build_info.hpp"
 
-#include <Eigen/Core>
-
 #include "ffnkit/core/error.hpp"
 #include "ffnkit/core/macros.hpp"
 #include "ffnkit/cpu/eigen.hpp"

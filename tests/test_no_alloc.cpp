@@ -157,16 +157,21 @@ TEST(NoHeapInForward, StructuredLayersAndFfn) {
   StructuredFFN<LowRankLinear<float, Cpu>, BlockDenseLinear<float, Cpu>> ffn(
       LowRankLinear<float, Cpu>::random(128, 256, 64, 5),
       BlockDenseLinear<float, Cpu>::random(256, 128, 4, 64, 6), Activation::kGeluTanh);
+  // SwiGLU with gate|up in one layer, as loaded from an official SwiGLU checkpoint.
+  const auto glu = StructuredFFN<LowRankLinear<float, Cpu>, LowRankLinear<float, Cpu>>::swiglu(
+      LowRankLinear<float, Cpu>::random(128, 512, 64, 7),
+      LowRankLinear<float, Cpu>::random(256, 128, 64, 8));
   for (index_t t : kTokens) {
     SCOPED_TRACE(t);
     Buffers b(t, 128, 96), c(t, 128, 128);
     Scratch s(std::max({lr.workspace_size(t), bd.workspace_size(t), bdl.workspace_size(t),
-                        bs.workspace_size(t), ffn.workspace_size(t)}));
+                        bs.workspace_size(t), ffn.workspace_size(t), glu.workspace_size(t)}));
     EXPECT_NO_HEAP(lr.forward(b.xv(), b.yv(), s.ws()));
     EXPECT_NO_HEAP(bd.forward(b.xv(), b.yv(), s.ws()));
     EXPECT_NO_HEAP(bdl.forward(b.xv(), b.yv(), s.ws()));
     EXPECT_NO_HEAP(bs.forward(b.xv(), b.yv(), s.ws()));
     EXPECT_NO_HEAP(ffn.forward(c.xv(), c.yv(), s.ws()));
+    EXPECT_NO_HEAP(glu.forward(c.xv(), c.yv(), s.ws()));
   }
 }
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <tuple>
@@ -19,6 +20,7 @@
 
 #include "ffnkit/io/layers.hpp"
 #include "ffnkit/io/safetensors.hpp"
+#include "support/harness.hpp"
 
 namespace ffnkit {
 namespace io {
@@ -645,6 +647,349 @@ TEST(SafetensorsLayers, LoadersRejectMissingAndMisshapenTensors) {
   expect_load_error([&] { load_block_shuffle_linear(f, "bs."); }, "min(in, out) / blocks = 4");
   expect_load_error([&] { load_rms_norm_linear(f, "ok.", "ok."); },
                     "tensor 'ok.weight' has shape [4, 8], expected [8]");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole FFNs laid out as the official StructuredFFN code's MLP modules store them (FusedMLP,
+// FusedLowRankMLP, FusedBlockDenseMLP, FusedBlockShuffleMLP: <prefix>fc1. and <prefix>fc2.),
+// against a float64 oracle written from the modules' own math (their einsum/bmm reshapes), not
+// from ffnkit's layers or reference.
+// ---------------------------------------------------------------------------------------------
+enum class Official { kDense, kLowRank, kBlockDense, kBlockShuffle };
+
+const char* name_of(Official k) {
+  switch (k) {
+    case Official::kDense:
+      return "dense";
+    case Official::kLowRank:
+      return "lowrank";
+    case Official::kBlockDense:
+      return "blockdense";
+    case Official::kBlockShuffle:
+      return "blockshuffle";
+  }
+  return "?";
+}
+
+// One official layer: in -> out with the MLP config's rank and nblocks (the modules pass the same
+// config to fc1 and fc2).
+struct OfficialLayer {
+  Official kind;
+  index_t in, out, rank, blocks;
+};
+
+// The tensors written, by full name, widened to double.
+using RawTensors = std::map<std::string, std::vector<double>>;
+
+// Registers the layer's parameters under `prefix` with the official names and shapes, as
+// BasicLinear and its subclasses create them; a self-guided layer adds guide_linear [out, in] and
+// the buffers count (int64 scalar) and ratio (float scalar), which ffnkit does not read.
+void add_official_layer(SafetensorsWriter& w, RawTensors& raw, const std::string& prefix,
+                        const OfficialLayer& l, bool bias, bool guided, std::uint64_t seed) {
+  auto put = [&](const std::string& name, const std::vector<std::int64_t>& shape) {
+    std::int64_t n = 1;
+    for (auto d : shape) n *= d;
+    auto v = random_floats(static_cast<std::size_t>(n), seed++);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(shape.back()));
+    for (float& e : v) e = static_cast<float>(e * scale);
+    w.add(prefix + name, shape, v);
+    raw[prefix + name] = std::vector<double>(v.begin(), v.end());
+  };
+  const index_t b = l.blocks, q = std::min(l.in, l.out) / std::max<index_t>(b, 1);
+  switch (l.kind) {
+    case Official::kDense:
+      put("weight", {l.out, l.in});
+      break;
+    case Official::kLowRank:
+      put("lr1", {l.rank, l.in});
+      put("lr2", {l.out, l.rank});
+      break;
+    case Official::kBlockDense:
+      put("blkdiag", {b, l.rank / b, l.in / b});
+      put("lr", {l.out, l.rank});
+      break;
+    case Official::kBlockShuffle:
+      put("blkdiag1", {b, q, l.in / b});
+      put("blkdiag2", {b, l.out / b, q});
+      break;
+  }
+  if (bias) put("bias", {l.out});
+  if (guided) {
+    put("guide_linear", {l.out, l.in});
+    const std::int64_t count = 1234;
+    w.add_raw(prefix + "count", Dtype::kI64, {}, &count, sizeof count);
+    const float ratio = 0.25f;
+    w.add(prefix + "ratio", {}, &ratio);
+  }
+}
+
+// The layer's forward without its bias (the modules return the bias separately), following the
+// modules' ops: low_rank_custom, block_dense_bmm, block_shuffle_bmm (Monarch's reshapes).
+std::vector<double> official_forward(const RawTensors& raw, const std::string& prefix,
+                                     const OfficialLayer& l, const std::vector<double>& x,
+                                     index_t tokens) {
+  const index_t n = l.in, m = l.out;
+  std::vector<double> y(static_cast<std::size_t>(tokens * m), 0.0);
+  // y[t] = x[t] W^T for a row-major W [m x k] applied to rows of length k.
+  auto matmul_t = [&](const std::vector<double>& in, index_t k, const std::vector<double>& w,
+                      index_t rows) {
+    std::vector<double> out(static_cast<std::size_t>(tokens * rows), 0.0);
+    for (index_t t = 0; t < tokens; ++t)
+      for (index_t o = 0; o < rows; ++o)
+        for (index_t i = 0; i < k; ++i) out[t * rows + o] += in[t * k + i] * w[o * k + i];
+    return out;
+  };
+  // x reshaped (k, p), out1[k, q] = blkdiag[k] x_k, flattened as k*q + q'.
+  auto blockdiag = [&](const std::vector<double>& w, index_t k, index_t qq) {
+    const index_t p = n / k;
+    std::vector<double> out(static_cast<std::size_t>(tokens * k * qq), 0.0);
+    for (index_t t = 0; t < tokens; ++t)
+      for (index_t kk = 0; kk < k; ++kk)
+        for (index_t j = 0; j < qq; ++j)
+          for (index_t i = 0; i < p; ++i)
+            out[t * k * qq + kk * qq + j] += w[(kk * qq + j) * p + i] * x[t * n + kk * p + i];
+    return out;
+  };
+  switch (l.kind) {
+    case Official::kDense:
+      return matmul_t(x, n, raw.at(prefix + "weight"), m);
+    case Official::kLowRank:
+      return matmul_t(matmul_t(x, n, raw.at(prefix + "lr1"), l.rank), l.rank,
+                      raw.at(prefix + "lr2"), m);
+    case Official::kBlockDense:
+      return matmul_t(blockdiag(raw.at(prefix + "blkdiag"), l.blocks, l.rank / l.blocks), l.rank,
+                      raw.at(prefix + "lr"), m);
+    case Official::kBlockShuffle: {
+      const index_t k = l.blocks, q = std::min(n, m) / k;
+      const auto out1 = blockdiag(raw.at(prefix + "blkdiag1"), k, q);
+      // out1 (k q) -> (r, l) -> block l reads element r at flat index r * L + l; out2[l, s] =
+      // blkdiag2[l] . that; the output is out2 permuted to (s, l), flat index s * L + l.
+      const auto& w2 = raw.at(prefix + "blkdiag2");
+      const index_t L = k, s_dim = m / L, r_dim = k * q / L;
+      for (index_t t = 0; t < tokens; ++t)
+        for (index_t li = 0; li < L; ++li)
+          for (index_t si = 0; si < s_dim; ++si) {
+            double acc = 0.0;
+            for (index_t ri = 0; ri < r_dim; ++ri)
+              acc += w2[(li * s_dim + si) * r_dim + ri] * out1[t * k * q + ri * L + li];
+            y[t * m + si * L + li] = acc;
+          }
+      return y;
+    }
+  }
+  return y;
+}
+
+double official_activation(FfnActivation act, double x) {
+  switch (act) {
+    case FfnActivation::kGeluTanh:  // bias_gelu_fused_
+      return 0.5 * x *
+             (1.0 + std::tanh(std::sqrt(2.0 / std::acos(-1.0)) * (x + 0.044715 * x * x * x)));
+    case FfnActivation::kGeluErf:
+      return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+    case FfnActivation::kRelu:
+      return x > 0.0 ? x : 0.0;
+    case FfnActivation::kSilu:
+    case FfnActivation::kSwiGlu:
+      return x / (1.0 + std::exp(-x));
+  }
+  return NAN;
+}
+
+// FusedBasicMLP.forward with both biases added: fc2(act(fc1(x) + b1)) + b2; for SwiGLU,
+// torch.chunk(y, 2, -1) splits fc1's output into (gate, up), gate first: silu(gate) * up.
+std::vector<double> official_mlp(const RawTensors& raw, const std::string& prefix,
+                                 const OfficialLayer& fc1, const OfficialLayer& fc2,
+                                 FfnActivation act, const std::vector<double>& x, index_t tokens) {
+  auto h = official_forward(raw, prefix + "fc1.", fc1, x, tokens);
+  if (raw.count(prefix + "fc1.bias"))
+    for (index_t t = 0; t < tokens; ++t)
+      for (index_t j = 0; j < fc1.out; ++j) h[t * fc1.out + j] += raw.at(prefix + "fc1.bias")[j];
+  const index_t f = fc2.in;
+  std::vector<double> a(static_cast<std::size_t>(tokens * f));
+  for (index_t t = 0; t < tokens; ++t)
+    for (index_t j = 0; j < f; ++j)
+      a[t * f + j] = act == FfnActivation::kSwiGlu
+                         ? official_activation(act, h[t * fc1.out + j]) * h[t * fc1.out + f + j]
+                         : official_activation(act, h[t * fc1.out + j]);
+  auto y = official_forward(raw, prefix + "fc2.", fc2, a, tokens);
+  if (raw.count(prefix + "fc2.bias"))
+    for (index_t t = 0; t < tokens; ++t)
+      for (index_t j = 0; j < fc2.out; ++j) y[t * fc2.out + j] += raw.at(prefix + "fc2.bias")[j];
+  return y;
+}
+
+// Loads the FFN at `prefix` with the loader for `kind` and runs fn on it.
+template <class Fn>
+void with_loaded_ffn(Official kind, const SafetensorsFile& f, const std::string& prefix,
+                     FfnActivation act, Fn&& fn) {
+  switch (kind) {
+    case Official::kDense:
+      return fn(load_dense_ffn(f, prefix, act));
+    case Official::kLowRank:
+      return fn(load_structured_ffn<LowRankLinear<float>>(f, prefix, act));
+    case Official::kBlockDense:
+      return fn(load_structured_ffn<BlockDenseLinear<float>>(f, prefix, act));
+    case Official::kBlockShuffle:
+      return fn(load_structured_ffn<BlockShuffleLinear<float>>(f, prefix, act));
+  }
+}
+
+// The official MLP at `prefix`: fc1 d -> d_ff (2 d_ff for SwiGLU), fc2 d_ff -> d.
+std::pair<OfficialLayer, OfficialLayer> official_mlp_layers(Official kind, index_t d, index_t d_ff,
+                                                            index_t rank, index_t blocks,
+                                                            bool swiglu) {
+  return {{kind, d, swiglu ? 2 * d_ff : d_ff, rank, blocks}, {kind, d_ff, d, rank, blocks}};
+}
+
+TEST(SafetensorsFfn, OfficialMlpCheckpointsMatchTheModulesMath) {
+  const index_t d = 16, d_ff = 32, tokens = 5;
+  const std::string prefix = "model.layers.0.mlp.";
+  struct Config {
+    Official kind;
+    index_t rank, blocks;
+  };
+  // BlockDense at rank = d = min(in, out) of fc2: the official module accepts it.
+  const Config configs[] = {{Official::kDense, 0, 0},
+                            {Official::kLowRank, 4, 0},
+                            {Official::kBlockDense, 8, 2},
+                            {Official::kBlockDense, d, 4},
+                            {Official::kBlockShuffle, 0, 4}};
+  const FfnActivation acts[] = {FfnActivation::kGeluTanh, FfnActivation::kGeluErf,
+                                FfnActivation::kRelu, FfnActivation::kSilu, FfnActivation::kSwiGlu};
+  for (const Config& c : configs) {
+    for (FfnActivation act : acts) {
+      for (bool bias : {true, false}) {
+        for (bool guided : {false, true}) {
+          const bool swiglu = act == FfnActivation::kSwiGlu;
+          SCOPED_TRACE(testing::Message()
+                       << name_of(c.kind) << " rank=" << c.rank << " blocks=" << c.blocks << " act="
+                       << static_cast<int>(act) << " bias=" << bias << " guided=" << guided);
+          const auto [fc1, fc2] = official_mlp_layers(c.kind, d, d_ff, c.rank, c.blocks, swiglu);
+          SafetensorsWriter w;
+          RawTensors raw;
+          add_official_layer(w, raw, prefix + "fc1.", fc1, bias, guided, 10);
+          add_official_layer(w, raw, prefix + "fc2.", fc2, bias, guided, 20);
+          // Another layer of the same model, to be left alone.
+          add_official_layer(w, raw, "model.layers.1.mlp.fc1.", fc1, bias, guided, 30);
+          add_official_layer(w, raw, "model.layers.1.mlp.fc2.", fc2, bias, guided, 40);
+          const auto f = SafetensorsFile::from_bytes(w.to_bytes(), "official.safetensors");
+          const auto x = random_floats(static_cast<std::size_t>(tokens * d), 7);
+          const auto ref = official_mlp(raw, prefix, fc1, fc2, act,
+                                        std::vector<double>(x.begin(), x.end()), tokens);
+          with_loaded_ffn(c.kind, f, prefix, act, [&](auto ffn) {
+            EXPECT_EQ(ffn.d_model(), d);
+            EXPECT_EQ(ffn.d_ff(), d_ff);
+            EXPECT_EQ(ffn.gated(), swiglu);
+            std::vector<float> y(static_cast<std::size_t>(tokens * d));
+            ffn.forward(make_view<const float>(x.data(), tokens, d),
+                        make_view(y.data(), tokens, d));
+            EXPECT_TRUE(test::within_tolerance<float>(test::compare(y.data(), tokens, d, d, ref)));
+          });
+        }
+      }
+    }
+  }
+}
+
+// `load` must throw ffnkit::Error with every one of `parts` in its message.
+void expect_ffn_error(const std::function<void()>& load, std::initializer_list<std::string> parts) {
+  EXPECT_TRUE(test::throws_error(load, parts));
+}
+
+TEST(SafetensorsFfn, LoadersNameWhatTheyFind) {
+  const index_t d = 16, d_ff = 32;
+  const std::string p = "model.layers.0.mlp.";
+  // A file holding one MLP of `kind` (rank 4 / 8, blocks 2 / 4) with fc1 `out1` wide.
+  auto file = [&](Official kind, index_t out1, index_t fc2_in) {
+    SafetensorsWriter w;
+    RawTensors raw;
+    const index_t rank = kind == Official::kLowRank ? 4 : 8;
+    const index_t blocks = kind == Official::kBlockShuffle ? 4 : 2;
+    add_official_layer(w, raw, p + "fc1.", {kind, d, out1, rank, blocks}, true, false, 1);
+    add_official_layer(w, raw, p + "fc2.", {kind, fc2_in, d, rank, blocks}, true, false, 2);
+    return SafetensorsFile::from_bytes(w.to_bytes(), "mlp.safetensors");
+  };
+  const FfnActivation gelu = FfnActivation::kGeluTanh, swiglu = FfnActivation::kSwiGlu;
+  // Another layer kind at fc1: named, with its tensors' shapes, and the kind that was requested.
+  const auto bd = file(Official::kBlockDense, d_ff, d_ff);
+  expect_ffn_error([&] { load_structured_ffn<LowRankLinear<float>>(bd, p, gelu); },
+                   {"load_structured_ffn(prefix 'model.layers.0.mlp.')", "mlp.safetensors",
+                    "'model.layers.0.mlp.fc1.' holds a BlockDenseLinear",
+                    "tensor 'model.layers.0.mlp.fc1.blkdiag' has shape [2, 4, 8]",
+                    "tensor 'model.layers.0.mlp.fc1.lr' has shape [32, 8]",
+                    "not the LowRankLinear requested (lr1 [R, N], lr2 [M, R])"});
+  const auto lr = file(Official::kLowRank, d_ff, d_ff);
+  expect_ffn_error([&] { load_dense_ffn(lr, p, gelu); },
+                   {"load_dense_ffn(prefix 'model.layers.0.mlp.')", "holds a LowRankLinear",
+                    "not the DenseLinear requested (weight [M, N])"});
+  expect_ffn_error([&] { load_structured_ffn<BlockShuffleLinear<float>>(lr, p, gelu); },
+                   {"holds a LowRankLinear", "not the BlockShuffleLinear requested"});
+  // A rank-3 weight is a BlockDiagonal layer, not a dense one.
+  {
+    SafetensorsWriter w;
+    w.add(p + "fc1.weight", {2, 16, 8}, random_floats(256, 1));
+    const auto f = SafetensorsFile::from_bytes(w.to_bytes());
+    expect_ffn_error([&] { load_dense_ffn(f, p, gelu); },
+                     {"holds a BlockDiagonalLinear",
+                      "tensor 'model.layers.0.mlp.fc1.weight' has shape [2, 16, 8]"});
+  }
+  // Nothing at the prefix: the per-layer loader's missing tensor.
+  expect_ffn_error(
+      [&] { load_structured_ffn<LowRankLinear<float>>(lr, "model.layers.9.mlp.", gelu); },
+      {"load_structured_ffn(prefix 'model.layers.9.mlp.')",
+       "load_low_rank_linear(prefix 'model.layers.9.mlp.fc1.')",
+       "missing tensor 'model.layers.9.mlp.fc1.lr1'"});
+  // SwiGLU needs an even fc1 width.
+  const auto odd = file(Official::kLowRank, 2 * d_ff + 1, d_ff);
+  expect_ffn_error([&] { load_structured_ffn<LowRankLinear<float>>(odd, p, swiglu); },
+                   {"fc1 has 65 outputs", "tensor 'model.layers.0.mlp.fc1.lr2' has shape [65, 4]",
+                    "SwiGLU needs an even width"});
+  const auto odd_dense = file(Official::kDense, 2 * d_ff + 1, d_ff);
+  expect_ffn_error([&] { load_dense_ffn(odd_dense, p, swiglu); },
+                   {"load_dense_ffn", "fc1 has 65 outputs",
+                    "tensor 'model.layers.0.mlp.fc1.weight' has shape [65, 16]"});
+  // A SwiGLU checkpoint loaded as GELU, and a GELU one loaded as SwiGLU: fc2's width disagrees.
+  const auto sw = file(Official::kLowRank, 2 * d_ff, d_ff);
+  expect_ffn_error([&] { load_structured_ffn<LowRankLinear<float>>(sw, p, gelu); },
+                   {"fc2 takes 32 inputs", "tensor 'model.layers.0.mlp.fc2.lr1' has shape [4, 32]",
+                    "but fc1 gives 64", "tensor 'model.layers.0.mlp.fc1.lr2' has shape [64, 4]"});
+  expect_ffn_error([&] { load_structured_ffn<LowRankLinear<float>>(lr, p, swiglu); },
+                   {"fc2 takes 32 inputs", "but fc1 gives 16 (half of its outputs, SwiGLU)"});
+  const auto bs = file(Official::kBlockShuffle, d_ff, d_ff);
+  expect_ffn_error([&] { load_dense_ffn(bs, p, swiglu); }, {"holds a BlockShuffleLinear"});
+  // The per-layer checks still apply, named through both loaders.
+  {
+    SafetensorsWriter w;
+    RawTensors raw;
+    add_official_layer(w, raw, p + "fc1.", {Official::kLowRank, d, d_ff, 4, 0}, false, false, 1);
+    add_official_layer(w, raw, p + "fc2.", {Official::kLowRank, d_ff, d, 4, 0}, false, false, 2);
+    w.add(p + "fc2.bias", {d + 1}, random_floats(d + 1, 3));
+    const auto f = SafetensorsFile::from_bytes(w.to_bytes());
+    expect_ffn_error([&] { load_structured_ffn<LowRankLinear<float>>(f, p, gelu); },
+                     {"load_structured_ffn(prefix 'model.layers.0.mlp.')",
+                      "load_low_rank_linear(prefix 'model.layers.0.mlp.fc2.')",
+                      "tensor 'model.layers.0.mlp.fc2.bias' has shape [17], expected [16]"});
+  }
+}
+
+// The fused gate|up form from a loaded SwiGLU checkpoint shares LowRank's V: fewer parameters and
+// FLOPs than the same FFN as separate gate and up layers.
+TEST(SafetensorsFfn, StructuredSwigluLoadsAsOneGateUpLayer) {
+  const index_t d = 16, d_ff = 32, rank = 4;
+  const std::string p = "model.layers.0.mlp.";
+  SafetensorsWriter w;
+  RawTensors raw;
+  add_official_layer(w, raw, p + "fc1.", {Official::kLowRank, d, 2 * d_ff, rank, 0}, true, true, 1);
+  add_official_layer(w, raw, p + "fc2.", {Official::kLowRank, d_ff, d, rank, 0}, true, true, 2);
+  const auto f = SafetensorsFile::from_bytes(w.to_bytes());
+  auto ffn = load_structured_ffn<LowRankLinear<float>>(f, p, FfnActivation::kSwiGlu);
+  EXPECT_TRUE(ffn.fused_gate_up());
+  EXPECT_EQ(ffn.up().out_features(), 2 * d_ff);
+  EXPECT_EQ(ffn.up().rank(), rank);
+  // lr1 + lr2 + bias of each layer: what the checkpoint holds, guide_linear excluded.
+  EXPECT_EQ(ffn.parameter_count(), rank * (d + 2 * d_ff) + 2 * d_ff + rank * (d_ff + d) + d);
+  EXPECT_EQ(ffn.params().front().name, "gate_up.lr1");
 }
 
 }  // namespace

@@ -4,10 +4,13 @@
 // differences in double, and against the materialized dense gradient, plus every bad input.
 #include <gtest/gtest.h>
 
-#include <Eigen/SVD>
 #include <cmath>
 #include <tuple>
 
+#include "ffnkit/cpu/eigen.hpp"
+FFNKIT_GCC_PR105593_BEGIN
+#include <Eigen/SVD>
+FFNKIT_GCC_PR105593_END
 #include "ffnkit/reference.hpp"
 #include "ffnkit/structured.hpp"
 #include "support/harness.hpp"
@@ -118,6 +121,11 @@ void for_each_family(index_t n, index_t m, index_t blocks, std::uint64_t seed, b
   if (bd_rank >= blocks) {
     auto l = BlockDenseLinear<T, B>::random(n, m, blocks, bd_rank, seed, bias);
     fn("BlockDense", l);
+  }
+  {
+    // The largest rank the official module accepts: min(n, m), which `blocks` divides.
+    auto l = BlockDenseLinear<T, B>::random(n, m, blocks, small, seed, bias);
+    fn("BlockDense rank=min(in,out)", l);
   }
   {
     auto l = BlockShuffleLinear<T, B>::random(n, m, blocks, seed, bias);
@@ -349,6 +357,21 @@ TEST(StructuredInit, SpectralAndOrthonormal) {
                                                                        12);
     EXPECT_TRUE((V * V.transpose()).isIdentity(1e-12));
   }
+  // At rank == min(in, out) too: square blocks of V and a square U, each orthogonal.
+  for (auto [n, m, blocks] :
+       std::vector<std::tuple<index_t, index_t, index_t>>{{24, 40, 2}, {40, 24, 4}}) {
+    const index_t rank = std::min(n, m), r = rank / blocks, p_in = n / blocks;
+    SCOPED_TRACE(testing::Message() << "in=" << n << " out=" << m << " rank=" << rank);
+    auto full = BlockDenseLinear<double>::random(n, m, blocks, rank, 4, false);
+    auto q = full.params();
+    Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> Uf(q[1].data, m, rank);
+    EXPECT_TRUE((Uf.transpose() * Uf).isIdentity(1e-12));
+    for (index_t b = 0; b < blocks; ++b) {
+      Eigen::Map<const Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> V(q[0].data + b * r * p_in,
+                                                                         r, p_in);
+      EXPECT_TRUE((V * V.transpose()).isIdentity(1e-12));
+    }
+  }
 }
 
 TEST(StructuredErrors, BadShapesAndArgumentsAreNamed) {
@@ -360,8 +383,9 @@ TEST(StructuredErrors, BadShapesAndArgumentsAreNamed) {
                            {"blocks = 4", "in_features = 10"}));
   EXPECT_TRUE(throws_error([] { BlockDiagonalLinear<float>::random(12, 10, 4, 1); },
                            {"blocks = 4", "out_features = 10"}));
-  EXPECT_TRUE(throws_error([] { BlockDenseLinear<float>::random(16, 32, 4, 16, 1); },
-                           {"rank = 16", "min(in_features, out_features) = 16"}));
+  EXPECT_TRUE(throws_error([] { BlockDenseLinear<float>::random(16, 32, 4, 20, 1); },
+                           {"rank = 20", "exceeds min(in_features, out_features) = 16"}));
+  EXPECT_NO_THROW(BlockDenseLinear<float>::random(16, 32, 4, 16, 1));  // rank == min(in, out)
   EXPECT_TRUE(throws_error([] { BlockDenseLinear<float>::random(16, 32, 4, 6, 1); },
                            {"blocks = 4", "rank = 6"}));
   EXPECT_TRUE(throws_error([] { BlockShuffleLinear<float>::random(12, 20, 3, 1); },
@@ -439,7 +463,11 @@ TYPED_TEST(StructuredTest, FfnMatchesDenseOracleOfMaterializedProjections) {
       const auto w1 = materialized(ffn.up()), w2 = materialized(ffn.down());
       const auto b1 = bias64(ffn.up()), b2 = bias64(ffn.down());
       std::vector<double> ref;
-      if (ffn.gated()) {
+      if (ffn.fused_gate_up()) {
+        // up() is gate|up: rows [0, f) of its weight and bias are the gate's, [f, 2 f) up's.
+        ref = reference::swiglu_ffn(xd.data(), tokens, d, w1.data(), b1.data(), w1.data() + f * d,
+                                    b1.data() + f, f, w2.data(), b2.data(), d);
+      } else if (ffn.gated()) {
         const auto wg = materialized(ffn.gate());
         const auto bg = bias64(const_cast<std::decay_t<decltype(ffn.gate())>&>(ffn.gate()));
         ref = reference::swiglu_ffn(xd.data(), tokens, d, wg.data(), bg.data(), w1.data(),
@@ -469,6 +497,12 @@ TYPED_TEST(StructuredTest, FfnMatchesDenseOracleOfMaterializedProjections) {
   check("blockshuffle swiglu",
         StructuredFFN<BS, BS>::swiglu(BS::random(d, f, 4, 3), BS::random(d, f, 4, 4),
                                       BS::random(f, d, 4, 5)));
+  check("lowrank fused swiglu",
+        StructuredFFN<LR, LR>::swiglu(LR::random(d, 2 * f, 6, 3), LR::random(f, d, 6, 5)));
+  check("blockdense fused swiglu",
+        StructuredFFN<BD, BD>::swiglu(BD::random(d, 2 * f, 2, 12, 3), BD::random(f, d, 2, 12, 5)));
+  check("blockshuffle fused swiglu",
+        StructuredFFN<BS, BS>::swiglu(BS::random(d, 2 * f, 4, 3), BS::random(f, d, 4, 5)));
 }
 
 // The same layer on the Cpu backend in double, built from the layer's own (rounded) parameters.
@@ -494,6 +528,21 @@ BlockShuffleLinear<double> cpu_double(BlockShuffleLinear<T, B>& l) {
                                     w2.data(), b.empty() ? nullptr : b.data());
 }
 
+// The 16-bit tolerances bound one layer's roundings (~5-8 unit roundoffs, harness.hpp). Results
+// with about twice as many roundings (an FFN's gradients, which pass through both layers' stored
+// activations and gradients; or the difference of two results each within the per-layer bound)
+// are held to twice that bound, still ~100x below the O(1) error of a wrong index, transpose or
+// activation. float and double keep theirs.
+template <class T>
+test::Tolerance twice_the_roundings() {
+  test::Tolerance tol = test::tolerance<T>();
+  if (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
+    tol.nmse *= 4.0;  // squared error: twice the relative error
+    tol.max_rel *= 2.0;
+  }
+  return tol;
+}
+
 // Backward of the FFN on every backend against the Cpu backward in double of the same weights
 // (itself checked against finite differences below): dx and every parameter's gradient.
 TYPED_TEST(StructuredTest, FfnBackwardMatchesCpuDoubleBackward) {
@@ -501,15 +550,8 @@ TYPED_TEST(StructuredTest, FfnBackwardMatchesCpuDoubleBackward) {
   using B = typename TestFixture::B;
   FFNKIT_SKIP_IF_UNAVAILABLE(B);
   const index_t d = 24, f = 96;
-  // The 16-bit tolerances bound one layer's roundings (~5-8 unit roundoffs, harness.hpp). The
-  // FFN's gradients pass through both layers' stored activations and gradients, about twice as
-  // many roundings, so 16-bit results are held to twice the per-layer bound (still ~100x below
-  // the O(1) error of a wrong index, transpose or activation). float and double keep theirs.
-  test::Tolerance tol = test::tolerance<T>();
-  if (!std::is_same_v<T, float> && !std::is_same_v<T, double>) {
-    tol.nmse *= 4.0;  // squared error: twice the relative error
-    tol.max_rel *= 2.0;
-  }
+  // The FFN's gradients pass through both layers' stored activations and gradients.
+  const test::Tolerance tol = twice_the_roundings<T>();
   auto check = [&](const char* name, auto ffn, auto ref) {
     for (index_t tokens : {1, 33}) {
       SCOPED_TRACE(testing::Message() << name << " tokens=" << tokens);
@@ -566,6 +608,228 @@ TYPED_TEST(StructuredTest, FfnBackwardMatchesCpuDoubleBackward) {
         cpu_double(const_cast<BS&>(ffn.gate())), cpu_double(ffn.up()), cpu_double(ffn.down()));
     check("blockshuffle swiglu", std::move(ffn), std::move(ref));
   }
+  {
+    auto ffn = StructuredFFN<LR, LR>::swiglu(LR::random(d, 2 * f, 6, 3), LR::random(f, d, 6, 5));
+    auto ref = StructuredFFN<LowRankLinear<double>, LowRankLinear<double>>::swiglu(
+        cpu_double(ffn.up()), cpu_double(ffn.down()));
+    check("lowrank fused swiglu", std::move(ffn), std::move(ref));
+  }
+  {
+    auto ffn =
+        StructuredFFN<BD, BS>::swiglu(BD::random(d, 2 * f, 2, 12, 3), BS::random(f, d, 4, 5));
+    auto ref = StructuredFFN<BlockDenseLinear<double>, BlockShuffleLinear<double>>::swiglu(
+        cpu_double(ffn.up()), cpu_double(ffn.down()));
+    check("blockdense/shuffle fused swiglu", std::move(ffn), std::move(ref));
+  }
+}
+
+// ---- SwiGLU with gate|up in one layer, against the same FFN with two layers of its own --------
+
+// Rows [begin, begin + count) of a row-major matrix `cols` wide, as T.
+template <class T>
+std::vector<T> rows_of(const std::vector<double>& m, index_t cols, index_t begin, index_t count) {
+  std::vector<T> out;
+  for (index_t i = begin * cols; i < (begin + count) * cols; ++i)
+    out.push_back(test::Scalar<T>::from_double(m[i]));
+  return out;
+}
+template <class T>
+std::vector<T> all_of(const std::vector<double>& m) {
+  return rows_of<T>(m, 1, 0, static_cast<index_t>(m.size()));
+}
+// Half `half` (0: the gate's outputs, 1: up's) of a gate|up layer's bias; empty without one.
+template <class T>
+std::vector<T> bias_half(const std::vector<double>& b, index_t f, index_t half) {
+  return b.empty() ? std::vector<T>() : rows_of<T>(b, 1, half * f, f);
+}
+template <class T>
+const T* or_null(const std::vector<T>& v) {
+  return v.empty() ? nullptr : v.data();
+}
+
+// Output half `half` of a gate|up layer as a layer of its own: the output factor's rows split,
+// the input factor (LowRank's V, BlockDense's block-diagonal stage) copied into both halves.
+template <class T, class B>
+LowRankLinear<T, B> half_of(LowRankLinear<T, B>& l, index_t half) {
+  auto p = l.params();
+  const index_t f = l.out_features() / 2, r = l.rank();
+  const auto v = all_of<T>(p64<B>(p[0])), u = rows_of<T>(p64<B>(p[1]), r, half * f, f);
+  const auto b = bias_half<T>(bias64(l), f, half);
+  return LowRankLinear<T, B>(l.in_features(), f, r, v.data(), u.data(), or_null(b));
+}
+template <class T, class B>
+BlockDenseLinear<T, B> half_of(BlockDenseLinear<T, B>& l, index_t half) {
+  auto p = l.params();
+  const index_t f = l.out_features() / 2, r = l.rank();
+  const auto v = all_of<T>(p64<B>(p[0])), u = rows_of<T>(p64<B>(p[1]), r, half * f, f);
+  const auto b = bias_half<T>(bias64(l), f, half);
+  return BlockDenseLinear<T, B>(l.in_features(), f, l.blocks(), r, v.data(), u.data(), or_null(b));
+}
+// BlockShuffle: output s B + b comes from row s of stage-2 block b, so the gate's outputs [0, f)
+// are rows [0, f/B) of every block. Valid when in <= f: stage 1 (q = min(in, out)/B) is the same.
+template <class T, class B>
+BlockShuffleLinear<T, B> half_of(BlockShuffleLinear<T, B>& l, index_t half) {
+  auto p = l.params();
+  const index_t f = l.out_features() / 2, blocks = l.blocks(), s = f / blocks;
+  const index_t q = std::min(l.in_features(), l.out_features()) / blocks;
+  EXPECT_LE(l.in_features(), f) << "the gate|up BlockShuffle does not split into two";
+  const auto w1 = all_of<T>(p64<B>(p[0])), b = bias_half<T>(bias64(l), f, half);
+  const auto w2 = p64<B>(p[1]);
+  std::vector<T> w2h;
+  for (index_t k = 0; k < blocks; ++k) {
+    const auto rows = rows_of<T>(w2, q, k * 2 * s + half * s, s);
+    w2h.insert(w2h.end(), rows.begin(), rows.end());
+  }
+  return BlockShuffleLinear<T, B>(l.in_features(), f, blocks, w1.data(), w2h.data(), or_null(b));
+}
+
+// The fused form runs the shared factor once; it must compute the function of the split form.
+TYPED_TEST(StructuredTest, FusedSwigluMatchesTheSplitForm) {
+  using T = typename TestFixture::T;
+  using B = typename TestFixture::B;
+  FFNKIT_SKIP_IF_UNAVAILABLE(B);
+  const index_t d = 24, f = 48;
+  // `shared`: the parameters the split form holds twice (the input factor).
+  auto check = [&](const char* name, auto gate_up, auto down, index_t shared) {
+    using Up = decltype(gate_up);
+    using Down = decltype(down);
+    auto fused = StructuredFFN<Up, Down>::swiglu(gate_up, down);
+    auto split = StructuredFFN<Up, Down>::swiglu(half_of(gate_up, 0), half_of(gate_up, 1), down);
+    SCOPED_TRACE(name);
+    EXPECT_TRUE(fused.gated());
+    EXPECT_TRUE(fused.fused_gate_up());
+    EXPECT_FALSE(split.fused_gate_up());
+    EXPECT_EQ(fused.d_ff(), f);
+    EXPECT_EQ(fused.d_model(), d);
+    EXPECT_EQ(fused.parameter_count() + shared, split.parameter_count());
+    EXPECT_DOUBLE_EQ(split.flops_per_token() - fused.flops_per_token(), 2.0 * shared);
+    const auto params = fused.params();
+    ASSERT_EQ(params.size(), gate_up.params().size() + down.params().size());
+    for (std::size_t i = 0; i < params.size(); ++i)
+      EXPECT_EQ(params[i].name.rfind(i < gate_up.params().size() ? "gate_up." : "down.", 0), 0u)
+          << params[i].name;
+    EXPECT_GE(fused.workspace_size(7), 7u * 2 * f * sizeof(T));
+    for (index_t tokens : {1, 7, 33}) {
+      SCOPED_TRACE(testing::Message() << "tokens=" << tokens);
+      GuardedMatrix<T> x(tokens, d, 2), yf(tokens, d, 1), ys(tokens, d, 1);
+      x.set(test::random_vector<T>(tokens * d, 9 + tokens));
+      test::for_each_schedule<B>([&] {
+        test::BackendMatrix<B, T> xb(x), yfb(yf), ysb(ys);
+        // The fused form in exactly its workspace_size, the split one allocating its own.
+        const std::size_t bytes = fused.workspace_size(tokens);
+        test::BackendBuffer<B, T> ws((bytes + sizeof(T) - 1) / sizeof(T));
+        fused.forward(xb.cview(), yfb.view(), Workspace{ws.data(), bytes});
+        split.forward(xb.cview(), ysb.view());
+        yfb.sync_to_host();
+        ysb.sync_to_host();
+      });
+      ASSERT_TRUE(yf.guards_intact());
+      ASSERT_TRUE(ys.guards_intact());
+      EXPECT_TRUE(test::within_tolerance<T>(
+          test::compare(yf.data(), tokens, d, yf.stride(), ys.to_double()),
+          twice_the_roundings<T>()));
+    }
+  };
+  using LR = LowRankLinear<T, B>;
+  using BD = BlockDenseLinear<T, B>;
+  using BS = BlockShuffleLinear<T, B>;
+  for (bool bias : {true, false}) {
+    SCOPED_TRACE(testing::Message() << "bias=" << bias);
+    check("lowrank", LR::random(d, 2 * f, 6, 1, bias), LR::random(f, d, 6, 2, bias), 6 * d);
+    check("blockdense", BD::random(d, 2 * f, 2, 12, 1, bias), BD::random(f, d, 2, 12, 2, bias),
+          12 * d / 2);
+    check("blockdense rank=min", BD::random(d, 2 * f, 4, d, 1, bias),
+          BD::random(f, d, 4, d, 2, bias), d * d / 4);
+    check("blockshuffle", BS::random(d, 2 * f, 4, 1, bias), BS::random(f, d, 4, 2, bias),
+          d * d / 4);
+  }
+}
+
+// The fused backward against the split form's, in double: dx and down's gradients agree, and the
+// gate|up layer's gradients are the split layers' (the shared input factor's summed, the rest
+// stacked gate first).
+TEST(StructuredFfnGradient, FusedSwigluMatchesTheSplitForm) {
+  using LR = LowRankLinear<double>;
+  const index_t d = 6, f = 8, t = 5, r = 3;
+  auto gate_up = LR::random(d, 2 * f, r, 1);
+  const auto down = LR::random(f, d, r, 2);
+  auto fused = StructuredFFN<LR, LR>::swiglu(gate_up, down);
+  auto split = StructuredFFN<LR, LR>::swiglu(half_of(gate_up, 0), half_of(gate_up, 1), down);
+  const auto x = test::random_vector<double>(t * d, 3), dy = test::random_vector<double>(t * d, 4);
+  std::vector<double> dxf(t * d), dxs(t * d);
+  auto gf = make_grads(fused.params()), gs = make_grads(split.params());
+  fused.backward(make_view<const double>(x.data(), t, d), make_view<const double>(dy.data(), t, d),
+                 make_view(dxf.data(), t, d), gf);
+  split.backward(make_view<const double>(x.data(), t, d), make_view<const double>(dy.data(), t, d),
+                 make_view(dxs.data(), t, d), gs);
+  auto expect_equal = [](const std::vector<double>& got, const std::vector<double>& want,
+                         const char* what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    const auto n = static_cast<index_t>(got.size());
+    EXPECT_TRUE(test::within_tolerance<double>(test::compare(got.data(), 1, n, n, want))) << what;
+  };
+  auto concat = [](std::vector<double> a, const std::vector<double>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  // fused: gate_up.{lr1, lr2, bias}, down.*; split: gate.{lr1, lr2, bias}, up.*, down.*.
+  ASSERT_EQ(gf.size(), 6u);
+  ASSERT_EQ(gs.size(), 9u);
+  expect_equal(dxf, dxs, "dx");
+  std::vector<double> lr1(gs[0].size());
+  for (std::size_t i = 0; i < lr1.size(); ++i) lr1[i] = gs[0][i] + gs[3][i];
+  expect_equal(gf[0], lr1, "gate_up.lr1 = gate.lr1 + up.lr1");
+  expect_equal(gf[1], concat(gs[1], gs[4]), "gate_up.lr2 = [gate.lr2; up.lr2]");
+  expect_equal(gf[2], concat(gs[2], gs[5]), "gate_up.bias = [gate.bias; up.bias]");
+  for (std::size_t i = 3; i < 6; ++i) expect_equal(gf[i], gs[i + 3], "down");
+}
+
+// workspace_size covers every sublayer's scratch, the gate's too: a gate of higher rank than up
+// needs more than up and down.
+TEST(StructuredFfnWorkspace, CoversAGateLargerThanUp) {
+  using LR = LowRankLinear<float>;
+  const auto ffn = StructuredFFN<LR, LR>::swiglu(LR::random(8, 16, 8, 1), LR::random(8, 16, 2, 2),
+                                                 LR::random(16, 8, 2, 3));
+  const index_t t = 5;
+  std::vector<float> x(t * 8, 0.5f), y(t * 8);
+  std::vector<unsigned char> ws(ffn.workspace_size(t));
+  EXPECT_NO_THROW(ffn.forward(make_view<const float>(x.data(), t, 8), make_view(y.data(), t, 8),
+                              {ws.data(), ws.size()}));
+}
+
+TEST(StructuredErrors, SwigluArgumentsAreNamed) {
+  using test::throws_error;
+  using LR = LowRankLinear<float>;
+  using FFN = StructuredFFN<LR, LR>;
+  EXPECT_TRUE(throws_error([] { FFN::swiglu(LR::random(8, 15, 2, 1), LR::random(7, 8, 2, 2)); },
+                           {"StructuredFFN::swiglu", "gate_up.out_features = 15", "odd"}));
+  EXPECT_TRUE(throws_error([] { FFN::swiglu(LR::random(8, 16, 2, 1), LR::random(9, 8, 2, 2)); },
+                           {"down.in_features = 9", "gate_up.out_features / 2 = 8"}));
+  EXPECT_TRUE(throws_error(
+      [] {
+        FFN::swiglu(LR::random(8, 16, 2, 1), LR::random(8, 16, 2, 2), LR::random(15, 8, 2, 3));
+      },
+      {"down.in_features = 15", "up.out_features = 16"}));
+  EXPECT_TRUE(throws_error(
+      [] {
+        FFN::swiglu(LR::random(8, 16, 2, 1), LR::random(8, 12, 2, 2), LR::random(16, 8, 2, 3));
+      },
+      {"up.out_features = 12", "gate.out_features = 16"}));
+  auto fused = FFN::swiglu(LR::random(8, 16, 2, 1), LR::random(8, 8, 2, 2));
+  EXPECT_TRUE(throws_error([&] { fused.gate(); }, {"StructuredFFN::gate", "fused"}));
+  std::vector<float> x(4 * 8, 1.f), y(4 * 8);
+  EXPECT_TRUE(throws_error(
+      [&] {
+        fused.forward({x.data(), 4, 7}, {y.data(), 4, 8});
+      },
+      {"x.cols = 7", "d_model = 8"}));
+  auto g = make_grads(fused.params());
+  g[1].pop_back();
+  EXPECT_TRUE(throws_error(
+      [&] {
+        fused.backward({x.data(), 4, 8}, {y.data(), 4, 8}, {nullptr, 4, 8}, g);
+      },
+      {"grads[1]", "gate_up.lr2"}));
 }
 
 TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
@@ -576,11 +840,9 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
     SCOPED_TRACE(name);
     expect_gradients_match_finite_differences(ffn, tokens, d, d, 2e-7);
   };
-  check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2)));
-  {
-    // backward keeps its hidden-sized buffers across calls: a larger call first, then the checked
-    // smaller one, must not read stale or extra elements.
-    StructuredFFN<LR, LR> ffn(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2));
+  // backward keeps its hidden-sized buffers across calls: a larger call first, then the checked
+  // smaller one, must not read stale or extra elements.
+  auto after_larger_backward = [&](auto ffn) {
     const index_t big = 9;
     auto xb = test::random_vector<double>(big * d, 1),
          dyb = test::random_vector<double>(big * d, 2);
@@ -588,38 +850,61 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
     auto g = make_grads(ffn.params());
     ffn.backward(make_view<const double>(xb.data(), big, d),
                  make_view<const double>(dyb.data(), big, d), make_view(dxb.data(), big, d), g);
-    check("lowrank gelu after a larger backward", std::move(ffn));
-  }
+    return ffn;
+  };
+  check("lowrank gelu", StructuredFFN<LR, LR>(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2)));
+  check(
+      "lowrank gelu after a larger backward",
+      after_larger_backward(StructuredFFN<LR, LR>(LR::random(d, f, 3, 1), LR::random(f, d, 3, 2))));
   check("shuffle silu",
         StructuredFFN<BS, BS>(BS::random(d, f, 2, 1), BS::random(f, d, 2, 2), Activation::kSilu));
   check("lowrank swiglu",
         StructuredFFN<LR, LR>::swiglu(LR::random(d, f, 3, 3), LR::random(d, f, 3, 4),
                                       LR::random(f, d, 3, 5)));
+  check("lowrank fused swiglu",
+        StructuredFFN<LR, LR>::swiglu(LR::random(d, 2 * f, 3, 3), LR::random(f, d, 3, 5)));
+  {
+    using BD = BlockDenseLinear<double>;
+    check("blockdense fused swiglu",
+          StructuredFFN<BD, BD>::swiglu(BD::random(d, 2 * f, 2, 4, 3), BD::random(f, d, 2, 4, 5)));
+    // Without biases, and fused gate|up after a larger call (backward's kept buffers).
+    check("blockdense fused swiglu, no bias, after a larger backward",
+          after_larger_backward(StructuredFFN<BD, BD>::swiglu(BD::random(d, 2 * f, 2, 6, 3, false),
+                                                              BD::random(f, d, 2, 6, 5, false))));
+  }
 }
 
 // ---- pre-merge (SPEC §1.8) ----------------------------------------------------------------------
 
 TYPED_TEST(StructuredCpuTest, PreMergedBothPathsMatchTheOracle) {
   using T = typename TestFixture::T;
-  auto pm = PreMerged<BlockShuffleLinear<T>>(BlockShuffleLinear<T>::random(24, 40, 4, 3));
-  for (auto path : {decltype(pm)::Path::kStructured, decltype(pm)::Path::kDense}) {
-    pm.set_path(path);
-    for (index_t tokens : {1, 7, 33}) {
-      for (Activation act : {Activation::kIdentity, Activation::kGeluTanh}) {
-        SCOPED_TRACE(testing::Message() << "dense path=" << (path == decltype(pm)::Path::kDense)
-                                        << " tokens=" << tokens << " act=" << to_string(act));
-        GuardedMatrix<T> x(tokens, 24, 1), y(tokens, 40, 1);
-        x.set(test::random_vector<T>(tokens * 24, tokens));
-        pm.forward(x.cview(), y.view(), {}, act);
-        ASSERT_TRUE(y.guards_intact());
-        const auto w = materialized(pm.structured()), b = bias64(pm);
-        auto ref = reference::linear(x.to_double().data(), tokens, 24, w.data(), b.data(), 40);
-        reference::apply_activation(act, ref);
-        EXPECT_TRUE(
-            test::within_tolerance<T>(test::compare(y.data(), tokens, 40, y.stride(), ref)));
+  auto check = [](const char* name, auto pm) {
+    using PM = decltype(pm);
+    const index_t n = pm.in_features(), m = pm.out_features();
+    for (auto path : {PM::Path::kStructured, PM::Path::kDense}) {
+      pm.set_path(path);
+      for (index_t tokens : {1, 7, 33}) {
+        for (Activation act : {Activation::kIdentity, Activation::kGeluTanh}) {
+          SCOPED_TRACE(testing::Message() << name << " dense path=" << (path == PM::Path::kDense)
+                                          << " tokens=" << tokens << " act=" << to_string(act));
+          GuardedMatrix<T> x(tokens, n, 1), y(tokens, m, 1);
+          x.set(test::random_vector<T>(tokens * n, tokens));
+          pm.forward(x.cview(), y.view(), {}, act);
+          ASSERT_TRUE(y.guards_intact());
+          const auto w = materialized(pm.structured()), b = bias64(pm);
+          auto ref = reference::linear(x.to_double().data(), tokens, n, w.data(), b.data(), m);
+          reference::apply_activation(act, ref);
+          EXPECT_TRUE(
+              test::within_tolerance<T>(test::compare(y.data(), tokens, m, y.stride(), ref)));
+        }
       }
     }
-  }
+  };
+  check("blockshuffle",
+        PreMerged<BlockShuffleLinear<T>>(BlockShuffleLinear<T>::random(24, 40, 4, 3)));
+  // BlockDense at rank == min(in, out), the largest the official module accepts.
+  check("blockdense rank=min",
+        PreMerged<BlockDenseLinear<T>>(BlockDenseLinear<T>::random(40, 24, 4, 24, 3)));
 }
 
 TEST(PreMerged, CalibrateRecordsTheFasterPathPerPowerOfTwoBucket) {

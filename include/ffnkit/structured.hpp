@@ -5,7 +5,8 @@
 //   BlockShuffleLinear   Monarch: two block-diagonal stages with a fixed shuffle
 // Each has forward, backward (dx, every factor's gradient, the bias gradient), materialize()
 // (the equivalent dense [out x in] weight), params(), parameter_count() and flops_per_token().
-// StructuredFFN<Up, Down> puts two of them around an activation (GELU, or SwiGLU with a gate).
+// StructuredFFN<Up, Down> puts two of them around an activation (GELU, or SwiGLU with a gate layer,
+// or with gate|up in one layer).
 #pragma once
 
 #include "ffnkit/core.hpp"

@@ -5,7 +5,6 @@
 #include <cuda_fp16.h>
 #include <gtest/gtest.h>
 
-#include <Eigen/Dense>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -21,6 +20,10 @@
 #include <vector>
 
 #include "emu_test_util.hpp"
+#include "ffnkit/cpu/eigen.hpp"
+FFNKIT_GCC_PR105593_BEGIN
+#include <Eigen/Dense>
+FFNKIT_GCC_PR105593_END
 #include "ffnkit/cuda/emu/runtime.hpp"
 
 namespace ffnkit::cuda_emu {

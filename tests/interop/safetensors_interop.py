@@ -23,6 +23,60 @@ def ramp(n, scale, shift):
     return (np.arange(n, dtype=np.float32) + np.float32(shift)) * np.float32(scale)
 
 
+def official_mlp_file(path):
+    """Two MLPs laid out as the official StructuredFFN modules' state_dicts (CLAIRE-Labo/
+    StructuredFFN), each with an input and the expected output computed here in float64 with the
+    modules' own ops: a LowRank SwiGLU MLP with biases and self-guided extras (guide_linear, count,
+    ratio), and a BlockDense GELU MLP at rank = d without biases."""
+    rng = np.random.default_rng(5)
+    d, f, tokens = 16, 32, 3
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+
+    def gelu(y):  # bias_gelu_fused_ (tanh form)
+        return 0.5 * y * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (y + 0.044715 * y ** 3)))
+
+    def swiglu(y):  # torch.chunk(y, 2, -1): the gate first
+        gate, up = np.split(y, 2, axis=-1)
+        return gate / (1.0 + np.exp(-gate)) * up
+
+    def low_rank(x, t, p):  # low_rank_custom
+        return (x @ t[p + "lr1"].astype(np.float64).T) @ t[p + "lr2"].astype(np.float64).T
+
+    def block_dense(x, t, p):  # block_dense_bmm
+        blk = t[p + "blkdiag"].astype(np.float64)
+        k, q, pp = blk.shape
+        out1 = np.einsum("kqp,bkp->bkq", blk, x.reshape(len(x), k, pp)).reshape(len(x), k * q)
+        return out1 @ t[p + "lr"].astype(np.float64).T
+
+    t = {}
+    m = "lowrank_swiglu.mlp."
+    rank = 4
+    for name, n_in, n_out in (("fc1.", d, 2 * f), ("fc2.", f, d)):
+        t[m + name + "lr1"] = weight(rank, n_in)
+        t[m + name + "lr2"] = weight(n_out, rank)
+        t[m + name + "bias"] = weight(n_out)
+        t[m + name + "guide_linear"] = weight(n_out, n_in)
+        t[m + name + "count"] = np.array(7, dtype=np.int64)
+        t[m + name + "ratio"] = np.array(0.5, dtype=np.float32)
+    x = rng.standard_normal((tokens, d)).astype(np.float32)
+    h = swiglu(low_rank(x.astype(np.float64), t, m + "fc1.") + t[m + "fc1.bias"])
+    t["lowrank_swiglu.x"] = x
+    t["lowrank_swiglu.y"] = low_rank(h, t, m + "fc2.") + t[m + "fc2.bias"]
+
+    m = "blockdense_gelu.mlp."
+    blocks, rank = 4, d
+    for name, n_in, n_out in (("fc1.", d, f), ("fc2.", f, d)):
+        t[m + name + "blkdiag"] = weight(blocks, rank // blocks, n_in // blocks)
+        t[m + name + "lr"] = weight(n_out, rank)
+    x = rng.standard_normal((tokens, d)).astype(np.float32)
+    h = gelu(block_dense(x.astype(np.float64), t, m + "fc1."))
+    t["blockdense_gelu.x"] = x
+    t["blockdense_gelu.y"] = block_dense(h, t, m + "fc2.")
+    save_file(t, path)
+
+
 def main():
     tool, workdir = sys.argv[1], sys.argv[2]
     os.makedirs(workdir, exist_ok=True)
@@ -75,6 +129,13 @@ def main():
     r = subprocess.run([tool, "check", theirs], capture_output=True, text=True)
     print(r.stdout, end="")
     expect(r.returncode == 0, f"ffnkit rejected Python's file: {r.stdout} {r.stderr}")
+
+    # An official-layout MLP checkpoint, written by numpy, loaded by ffnkit's whole-FFN loader.
+    mlp = os.path.join(workdir, "official_mlp.safetensors")
+    official_mlp_file(mlp)
+    r = subprocess.run([tool, "ffn", mlp], capture_output=True, text=True)
+    print(r.stdout, end="")
+    expect(r.returncode == 0, f"ffnkit's FFN differs from numpy's: {r.stdout} {r.stderr}")
 
     if failures:
         for m in failures:

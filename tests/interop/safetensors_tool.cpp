@@ -1,12 +1,16 @@
 // The C++ half of the Python interop test (safetensors_interop.py): `write PATH` writes a file
 // with ffnkit's writer, `check PATH` reads one written by Python's safetensors and verifies every
-// value. Both sides compute the expected values from the same closed formulas.
+// value. Both sides compute the expected values from the same closed formulas. `ffn PATH` loads
+// the official-layout MLPs Python wrote and checks their forward against numpy's.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "ffnkit/io/layers.hpp"
 #include "ffnkit/io/safetensors.hpp"
 
 namespace {
@@ -69,17 +73,57 @@ int check(const std::string& path) {
   return 0;
 }
 
+// `ffn PATH`: the official-layout MLPs safetensors_interop.py wrote, each loaded with the
+// whole-FFN loader and run on the stored input; the output must match numpy's float64 one.
+template <class Ffn>
+bool check_ffn(const ffnkit::io::SafetensorsFile& f, const std::string& name, const Ffn& ffn) {
+  const auto& xt = f.tensor(name + ".x");
+  const auto& yt = f.tensor(name + ".y");
+  const std::int64_t tokens = xt.shape.at(0), d = ffn.d_model();
+  const std::vector<float> x = xt.to_float();
+  const std::vector<double> want = yt.to_double();
+  std::vector<float> y(static_cast<std::size_t>(tokens * ffn.d_out()));
+  ffn.forward(ffnkit::make_view<const float>(x.data(), tokens, d),
+              ffnkit::make_view(y.data(), tokens, ffn.d_out()));
+  if (y.size() != want.size()) {
+    std::printf("MISMATCH %s: %zu outputs, expected %zu\n", name.c_str(), y.size(), want.size());
+    return false;
+  }
+  double err = 0, scale = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::fabs(y[i] - want[i]));
+    scale = std::max(scale, std::fabs(want[i]));
+  }
+  const bool ok = err <= 1e-5 * scale;
+  std::printf("%s %s: max |error| %.3g of max |y| %.3g\n", ok ? "OK" : "MISMATCH", name.c_str(),
+              err, scale);
+  return ok;
+}
+
+int ffn(const std::string& path) {
+  namespace io = ffnkit::io;
+  const auto f = io::SafetensorsFile::open(path);
+  bool ok = check_ffn(f, "lowrank_swiglu",
+                      io::load_structured_ffn<ffnkit::LowRankLinear<float>>(
+                          f, "lowrank_swiglu.mlp.", io::FfnActivation::kSwiGlu));
+  ok &= check_ffn(f, "blockdense_gelu",
+                  io::load_structured_ffn<ffnkit::BlockDenseLinear<float>>(
+                      f, "blockdense_gelu.mlp.", io::FfnActivation::kGeluTanh));
+  return ok ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 3) {
-    std::fprintf(stderr, "usage: %s write|check PATH\n", argv[0]);
+    std::fprintf(stderr, "usage: %s write|check|ffn PATH\n", argv[0]);
     return 2;
   }
   try {
     const std::string mode = argv[1];
     if (mode == "write") return write(argv[2]);
     if (mode == "check") return check(argv[2]);
+    if (mode == "ffn") return ffn(argv[2]);
     std::fprintf(stderr, "unknown mode %s\n", argv[1]);
     return 2;
   } catch (const ffnkit::Error& e) {

@@ -31,6 +31,21 @@
 #define FFNKIT_UNROLL
 #endif
 
+// GCC 12 and older warn "'__Y' may be used uninitialized" inside their own avx512fintrin.h
+// wherever an AVX-512 intrinsic whose pass-through operand is _mm512_undefined_*() gets inlined
+// (GCC bug 105593, fixed in GCC 13): Eigen's packet math does that under -mavx512f, i.e. in every
+// -march=native build on an AVX-512 CPU. The suppression wraps only the Eigen includes
+// (cpu/eigen.hpp), which also covers ffnkit code that inlines Eigen, and only on those compilers.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#define FFNKIT_GCC_PR105593_BEGIN                                                            \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define FFNKIT_GCC_PR105593_END _Pragma("GCC diagnostic pop")
+#else
+#define FFNKIT_GCC_PR105593_BEGIN
+#define FFNKIT_GCC_PR105593_END
+#endif
+
 #define FFNKIT_VERSION_MAJOR 0
 #define FFNKIT_VERSION_MINOR 1
 #define FFNKIT_VERSION_PATCH 0

@@ -1,8 +1,14 @@
 // Eigen at the CPU backend's boundary: views become Maps (no copies), weights are row-major
 // [out x in] matrices exactly as PyTorch stores them.
+// ffnkit includes Eigen only here (and Eigen/Eigenvalues in cpu/init.hpp), inside the GCC 12
+// AVX-512 workaround of core/macros.hpp.
 #pragma once
 
+#include "ffnkit/core/macros.hpp"
+
+FFNKIT_GCC_PR105593_BEGIN
 #include <Eigen/Core>
+FFNKIT_GCC_PR105593_END
 
 #include "ffnkit/core/view.hpp"
 

@@ -2,11 +2,11 @@
 // activations instead of two passes). Vectorized through Eigen's array packet math.
 #pragma once
 
-#include <Eigen/Core>
 #include <algorithm>
 
 #include "ffnkit/core/activation.hpp"
 #include "ffnkit/core/view.hpp"
+#include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/parallel.hpp"
 
 namespace ffnkit {

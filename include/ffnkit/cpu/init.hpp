@@ -4,14 +4,17 @@
 // full SVD (seconds instead of minutes at d = 2048).
 #pragma once
 
-#include <Eigen/Core>
-#include <Eigen/Eigenvalues>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "ffnkit/core/error.hpp"
 #include "ffnkit/core/rng.hpp"
+#include "ffnkit/cpu/eigen.hpp"
+
+FFNKIT_GCC_PR105593_BEGIN
+#include <Eigen/Eigenvalues>
+FFNKIT_GCC_PR105593_END
 
 namespace ffnkit {
 namespace cpu {

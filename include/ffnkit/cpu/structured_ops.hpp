@@ -3,8 +3,6 @@
 // full row stride: no gather copies). Weights are PyTorch-layout [out x in] row-major.
 #pragma once
 
-#include <Eigen/Core>
-
 #include "ffnkit/core/view.hpp"
 #include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/parallel.hpp"

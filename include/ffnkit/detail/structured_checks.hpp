@@ -57,9 +57,10 @@ inline void check_block_dense_args(const char* where, index_t in, index_t out, i
   check_positive(where, "rank", rank);
   check_divides(where, "blocks", blocks, "in_features", in);
   check_divides(where, "blocks", blocks, "rank", rank);
-  if (rank >= std::min(in, out))
-    fail(where, "rank = ", rank,
-         " must be below min(in_features, out_features) = ", std::min(in, out));
+  // rank == min(in, out) is allowed: the official BlockDense module accepts it (it only asks that
+  // blocks divide in_features and rank), so its checkpoints may use it.
+  if (rank > std::min(in, out))
+    fail(where, "rank = ", rank, " exceeds min(in_features, out_features) = ", std::min(in, out));
 }
 
 }  // namespace detail

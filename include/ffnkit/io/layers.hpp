@@ -2,20 +2,23 @@
 // originals name them. `prefix` selects one layer of a whole-model file: load_dense_linear(f,
 // "model.layers.0.mlp.up_proj.") reads "model.layers.0.mlp.up_proj.weight" and "...bias".
 //
-//   layer                  tensors (after the prefix)                       shapes
-//   DenseLinear            weight, bias (optional)                          [M, N], [M]
-//   LowRankLinear          lr1, lr2, bias (optional)                        [R, N], [M, R], [M]
-//   BlockDiagonalLinear    weight, bias (optional)                          [B, M/B, N/B], [M]
-//   BlockDenseLinear       blkdiag, lr, bias (optional)                     [B, R/B, N/B], [M, R]
-//   BlockShuffleLinear     blkdiag1, blkdiag2, bias (optional)              [B, q, N/B], [B, M/B,
-//   q] FastFeedForward        linear_in.weight, linear_in.bias, linear_out.weight
-//                                                  [K·nodes, N], [K·nodes], [M, K·nodes]
-//   RMSNormLinear          <norm>weight (optional); <linear>weight, <linear>bias (optional)
-//   LayerNormLinear        <norm>weight, <norm>bias (both optional); <linear>weight, bias
+//   layer                tensors (after the prefix)          shapes
+//   DenseLinear          weight, bias (optional)             [M, N], [M]
+//   LowRankLinear        lr1, lr2, bias (optional)           [R, N], [M, R], [M]
+//   BlockDiagonalLinear  weight, bias (optional)             [B, M/B, N/B], [M]
+//   BlockDenseLinear     blkdiag, lr, bias (optional)        [B, R/B, N/B], [M, R], [M]
+//   BlockShuffleLinear   blkdiag1, blkdiag2, bias (optional) [B, q, N/B], [B, M/B, q], [M]
+//   FastFeedForward      linear_in.weight, linear_in.bias,   [K·nodes, N], [K·nodes],
+//                        linear_out.weight                   [M, K·nodes]
+//   RMSNormLinear        <norm>weight (optional); <linear>weight, <linear>bias (optional)
+//   LayerNormLinear      <norm>weight, <norm>bias (both optional); <linear>weight, bias
+//   DenseFFN,            fc1.<layer's tensors>, fc2.<layer's tensors>, as the official
+//   StructuredFFN        StructuredFFN MLP modules store them (load_dense_ffn, load_structured_ffn)
 // (q = min(N, M) / B, nodes = 2^(depth+1) - 1.) Widths come from the shapes; every tensor is
-// checked against the others. F32, F16, BF16 and F64 are converted on load; an F32 tensor loaded
-// as float is passed to the layer straight out of the mapping (one copy, into the layer).
-// Errors are ffnkit::Error, prefixed with the loader and the prefix.
+// checked against the others; tensors a loader does not read are ignored. F32, F16, BF16 and F64
+// are converted on load; an F32 tensor loaded as float is passed to the layer straight out of the
+// mapping (one copy, into the layer). Errors are ffnkit::Error, prefixed with the loader and the
+// prefix.
 #pragma once
 
 #include <algorithm>
@@ -217,7 +220,8 @@ NormLinearTensors<T> norm_linear_tensors(const SafetensorsFile& f, const std::st
 }  // namespace detail
 
 // RMSNorm (γ = <norm_prefix>weight, absent for an RMSNorm without affine weight) fused into the
-// nn.Linear at <linear_prefix> (SPEC §1.10).
+// nn.Linear at <linear_prefix> (SPEC §1.10). eps is not stored in the file: pass the module's
+// (its config's rms_norm_eps); the default is 1e-6.
 template <class T = float>
 RMSNormLinear<T, Cpu> load_rms_norm_linear(const SafetensorsFile& f, const std::string& norm_prefix,
                                            const std::string& linear_prefix, double eps = 1e-6) {
@@ -228,7 +232,8 @@ RMSNormLinear<T, Cpu> load_rms_norm_linear(const SafetensorsFile& f, const std::
 }
 
 // LayerNorm (γ, β = <norm_prefix>weight, bias; either may be absent) fused into the nn.Linear at
-// <linear_prefix> (SPEC §1.10).
+// <linear_prefix> (SPEC §1.10). eps is not stored in the file: pass the module's. The default is
+// nn.LayerNorm's 1e-5; BERT and UltraFastBERT use 1e-12 (layer_norm_eps in their configs).
 template <class T = float>
 LayerNormLinear<T, Cpu> load_layer_norm_linear(const SafetensorsFile& f,
                                                const std::string& norm_prefix,
@@ -240,6 +245,177 @@ LayerNormLinear<T, Cpu> load_layer_norm_linear(const SafetensorsFile& f,
         detail::optional_elements<T>(detail::optional_tensor(f, norm_prefix + "bias", {t.in}));
     return LayerNormLinear<T, Cpu>(t.in, t.out, t.gamma.ptr, beta.ptr, t.weight.ptr, t.bias.ptr,
                                    eps);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whole FFNs as the official StructuredFFN code (CLAIRE-Labo/StructuredFFN) stores its MLP modules
+// (FusedMLP, FusedLowRankMLP, FusedBlockDenseMLP, FusedBlockShuffleMLP): <prefix>fc1. and
+// <prefix>fc2. hold one layer each, e.g. prefix "model.layers.0.mlp." reads
+// "model.layers.0.mlp.fc1.lr1". For SwiGLU, fc1 maps d_model -> 2 d_ff and its outputs are the
+// gate's, then up's (torch.chunk order), fc1.bias likewise. Both biases are added here; the
+// modules return fc2's bias to their caller instead (see docs/integration.md).
+// ---------------------------------------------------------------------------------------------
+
+// The activation between fc1 and fc2: the elementwise ones, or SwiGLU, which is not elementwise
+// (it halves fc1's width) and so is not an ffnkit::Activation. The official modules' act "gelu"
+// is kGeluTanh, "swiglu" kSwiGlu.
+enum class FfnActivation { kGeluTanh, kGeluErf, kRelu, kSilu, kSwiGlu };
+
+namespace detail {
+
+// A layer kind as a file shows it. The first tensor gives the input width, the second the output
+// width; the one-matrix kinds share one tensor name and are told apart by its rank.
+struct LayerKind {
+  const char* name;
+  const char* in_tensor;
+  const char* out_tensor;
+  std::int64_t in_rank;  // checked for the one-matrix kinds only (0: any)
+  const char* layout;
+};
+inline const LayerKind* layer_kinds() {
+  static const LayerKind kinds[] = {
+      {"DenseLinear", "weight", "weight", 2, "weight [M, N]"},
+      {"LowRankLinear", "lr1", "lr2", 0, "lr1 [R, N], lr2 [M, R]"},
+      {"BlockDiagonalLinear", "weight", "weight", 3, "weight [B, M/B, N/B]"},
+      {"BlockDenseLinear", "blkdiag", "lr", 0, "blkdiag [B, R/B, N/B], lr [M, R]"},
+      {"BlockShuffleLinear", "blkdiag1", "blkdiag2", 0,
+       "blkdiag1 [B, q, N/B], blkdiag2 [B, M/B, q]"}};
+  return kinds;
+}
+constexpr int kLayerKinds = 5;
+
+// Which kind each Cpu layer is, and its loader.
+template <class L>
+struct LayerLoader {
+  static_assert(
+      sizeof(L) == 0,
+      "the FFN loaders build Cpu layers: DenseLinear, LowRankLinear, BlockDiagonalLinear, "
+      "BlockDenseLinear or BlockShuffleLinear");
+};
+template <class L, int Kind, L (*Load)(const SafetensorsFile&, const std::string&)>
+struct LayerLoaderOf {
+  static const LayerKind& kind() { return layer_kinds()[Kind]; }
+  static L load(const SafetensorsFile& f, const std::string& prefix) { return Load(f, prefix); }
+};
+template <class T>
+struct LayerLoader<DenseLinear<T, Cpu>>
+    : LayerLoaderOf<DenseLinear<T, Cpu>, 0, &load_dense_linear<T>> {};
+template <class T>
+struct LayerLoader<LowRankLinear<T, Cpu>>
+    : LayerLoaderOf<LowRankLinear<T, Cpu>, 1, &load_low_rank_linear<T>> {};
+template <class T>
+struct LayerLoader<BlockDiagonalLinear<T, Cpu>>
+    : LayerLoaderOf<BlockDiagonalLinear<T, Cpu>, 2, &load_block_diagonal_linear<T>> {};
+template <class T>
+struct LayerLoader<BlockDenseLinear<T, Cpu>>
+    : LayerLoaderOf<BlockDenseLinear<T, Cpu>, 3, &load_block_dense_linear<T>> {};
+template <class T>
+struct LayerLoader<BlockShuffleLinear<T, Cpu>>
+    : LayerLoaderOf<BlockShuffleLinear<T, Cpu>, 4, &load_block_shuffle_linear<T>> {};
+
+inline std::string file_context(const SafetensorsFile& f) {
+  return "safetensors '" + f.source() + "'";
+}
+
+// "tensor 'name' has shape [..]", for messages.
+inline std::string shape_of(const SafetensorsFile& f, const std::string& name) {
+  return "tensor '" + name + "' has shape " + f.tensor(name).shape_string();
+}
+
+inline bool holds(const SafetensorsFile& f, const std::string& prefix, const LayerKind& k) {
+  const std::string in = prefix + k.in_tensor;
+  return f.contains(in) && f.contains(prefix + k.out_tensor) &&
+         (k.in_rank == 0 || f.tensor(in).rank() == k.in_rank);
+}
+
+// The layer L at `prefix`. When the file holds another kind of layer there, the error says which
+// (a checkpoint of another MLP variant), rather than only that a tensor is missing.
+template <class L>
+L load_sublayer(const SafetensorsFile& f, const std::string& prefix) {
+  const LayerKind& want = LayerLoader<L>::kind();
+  if (!holds(f, prefix, want)) {
+    for (int i = 0; i < kLayerKinds; ++i) {
+      const LayerKind& k = layer_kinds()[i];
+      if (&k == &want || !holds(f, prefix, k)) continue;
+      std::string found = shape_of(f, prefix + k.in_tensor);
+      if (std::string(k.out_tensor) != k.in_tensor)
+        found += ", " + shape_of(f, prefix + k.out_tensor);
+      fail(file_context(f).c_str(), "'", prefix, "' holds a ", k.name, " (", found, "), not the ",
+           want.name, " requested (", want.layout, ")");
+    }
+  }
+  return LayerLoader<L>::load(f, prefix);
+}
+
+// fc2 must read what fc1 gives: d_ff, or for SwiGLU half of fc1's outputs (which must be even).
+template <class Up, class Down>
+void check_ffn_widths(const SafetensorsFile& f, const std::string& prefix, const Up& fc1,
+                      const Down& fc2, bool swiglu) {
+  const std::string out1 = shape_of(f, prefix + "fc1." + LayerLoader<Up>::kind().out_tensor);
+  const index_t width = fc1.out_features();
+  if (swiglu && width % 2 != 0)
+    fail(file_context(f).c_str(), "fc1 has ", width, " outputs (", out1,
+         "): SwiGLU needs an even width, the gate's outputs then up's");
+  const index_t d_ff = swiglu ? width / 2 : width;
+  if (fc2.in_features() != d_ff)
+    fail(file_context(f).c_str(), "fc2 takes ", fc2.in_features(), " inputs (",
+         shape_of(f, prefix + "fc2." + LayerLoader<Down>::kind().in_tensor), "), but fc1 gives ",
+         d_ff, swiglu ? " (half of its outputs, SwiGLU)" : "", " (", out1, ")");
+}
+
+inline Activation elementwise(FfnActivation act) {
+  switch (act) {
+    case FfnActivation::kGeluTanh:
+      return Activation::kGeluTanh;
+    case FfnActivation::kGeluErf:
+      return Activation::kGeluErf;
+    case FfnActivation::kRelu:
+      return Activation::kRelu;
+    case FfnActivation::kSilu:
+      return Activation::kSilu;
+    case FfnActivation::kSwiGlu:  // not elementwise: the loaders build SwiGLU themselves
+      break;
+  }
+  fail("FfnActivation", "activation = ", static_cast<int>(act),
+       " is not one of kGeluTanh, kGeluErf, kRelu, kSilu");
+}
+
+}  // namespace detail
+
+// FusedMLP: fc1.weight, fc1.bias?, fc2.weight, fc2.bias?. SwiGLU splits fc1's rows into gate and
+// up (no factor is shared, so nothing is computed twice); DenseFFN keeps them as one matrix.
+template <class T = float>
+DenseFFN<T, Cpu> load_dense_ffn(const SafetensorsFile& f, const std::string& prefix,
+                                FfnActivation act) {
+  return detail::with_context("load_dense_ffn", prefix, [&] {
+    using L = DenseLinear<T, Cpu>;
+    L fc1 = detail::load_sublayer<L>(f, prefix + "fc1.");
+    L fc2 = detail::load_sublayer<L>(f, prefix + "fc2.");
+    const bool swiglu = act == FfnActivation::kSwiGlu;
+    detail::check_ffn_widths(f, prefix, fc1, fc2, swiglu);
+    if (!swiglu) return DenseFFN<T, Cpu>(std::move(fc1), std::move(fc2), detail::elementwise(act));
+    const index_t d = fc1.in_features(), d_ff = fc1.out_features() / 2;
+    const T* b = fc1.bias();
+    return DenseFFN<T, Cpu>::swiglu(L(d, d_ff, fc1.weight(), b),
+                                    L(d, d_ff, fc1.weight() + d_ff * d, b ? b + d_ff : nullptr),
+                                    std::move(fc2));
+  });
+}
+
+// FusedLowRankMLP, FusedBlockDenseMLP, FusedBlockShuffleMLP (and BlockDiagonal layers): Up and
+// Down are the Cpu layer types, e.g. load_structured_ffn<LowRankLinear<float>>(f, prefix, act).
+// SwiGLU gives StructuredFFN::swiglu(fc1, fc2), fc1 being gate|up in one layer.
+template <class Up, class Down = Up>
+StructuredFFN<Up, Down, Cpu> load_structured_ffn(const SafetensorsFile& f,
+                                                 const std::string& prefix, FfnActivation act) {
+  return detail::with_context("load_structured_ffn", prefix, [&] {
+    Up fc1 = detail::load_sublayer<Up>(f, prefix + "fc1.");
+    Down fc2 = detail::load_sublayer<Down>(f, prefix + "fc2.");
+    const bool swiglu = act == FfnActivation::kSwiGlu;
+    detail::check_ffn_widths(f, prefix, fc1, fc2, swiglu);
+    if (swiglu) return StructuredFFN<Up, Down, Cpu>::swiglu(std::move(fc1), std::move(fc2));
+    return StructuredFFN<Up, Down, Cpu>(std::move(fc1), std::move(fc2), detail::elementwise(act));
   });
 }
 

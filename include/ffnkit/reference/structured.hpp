@@ -47,8 +47,7 @@ inline void check_activation(const char* where, const char* name, const void* p,
 
 inline void check_rank(const char* where, index_t rank, index_t n, index_t m) {
   check_positive(where, "rank", rank);
-  // The oracle accepts rank == min(n, m) (the math is still well defined); the strict R < min(N, M)
-  // of SPEC §1.4 is a policy of the optimized layer, not of the formula.
+  // rank == min(n, m) is accepted, as by the layers (the official BlockDense module allows it).
   if (rank > std::min(n, m))
     fail(where, "rank = ", rank, " exceeds min(n, m) = ", std::min(n, m), " (n = ", n, ", m = ", m,
          ")");
