@@ -175,7 +175,8 @@ LayerCase device_case(std::string name, std::string description, std::string bas
   return c;
 }
 
-// The paper's settings (SPEC §1.6) per dtype: the 32% ones in the main table, 63% in the suite.
+// The paper's settings (docs/math.md §3.8) per dtype: the 32% ones in the main table, 63% in the
+// suite.
 template <class T>
 void register_structured(const char* dtype, const char* baseline) {
   auto add = [&](const std::string& name, const std::string& what, bool in_table,

@@ -14,7 +14,7 @@ namespace ffnkit {
 namespace bench {
 namespace {
 
-// The paper's FFN: GELU (tanh form), bias on (SPEC §1.6).
+// The paper's FFN: GELU (tanh form), bias on (docs/math.md §3.8).
 constexpr Activation kAct = Activation::kGeluTanh;
 constexpr std::uint64_t kSeed = 20241;
 

@@ -1,4 +1,4 @@
-// Fast feedforward (SPEC §1.9) at UltraFastBERT's shape: K = 1 tree of depth D = 11 (4095
+// Fast feedforward (docs/math.md §6) at UltraFastBERT's shape: K = 1 tree of depth D = 11 (4095
 // neurons, 12 per token), N = M = d_model, random seeded weights and inputs so the tokens really
 // spread over the tree. Scored against the dense FFN d→4d→d it replaces (the main table's
 // baseline) and, off the table, against a dense FFN of equal neuron count d→4095→d.

@@ -1,8 +1,8 @@
-// Fast feedforward (SPEC §1.9) on the real CUDA backend, timed with cudaEvents, at UltraFastBERT's
-// shape (K = 1, D = 11, N = M = d_model; random seeded weights and inputs, so the tokens spread),
-// against the CUDA dense FFNs of the same dtype in the same run: d→4d→d (the model FFF replaces,
-// `cuda_dense_ffn_<dtype>` from cases_cuda.cpp) and d→4095→d (equal neuron count). Without a device
-// every case is skipped with the reason (SkipWithError), never reported as a time.
+// Fast feedforward (docs/math.md §6) on the real CUDA backend, timed with cudaEvents, at
+// UltraFastBERT's shape (K = 1, D = 11, N = M = d_model; random seeded weights and inputs, so the
+// tokens spread), against the CUDA dense FFNs of the same dtype in the same run: d→4d→d (the model
+// FFF replaces, `cuda_dense_ffn_<dtype>` from cases_cuda.cpp) and d→4095→d (equal neuron count).
+// Without a device every case is skipped with the reason (SkipWithError), never reported as a time.
 //   cuda_fff_1x11_<dtype>            kAuto (warp per token below 512 tokens, grouped from there)
 //   cuda_fff_1x11_pertoken_f32       the warp-per-token kernel at every token count
 //   cuda_fff_1x11_grouped_f32        the grouped kernel at every token count

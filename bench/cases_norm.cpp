@@ -1,4 +1,4 @@
-// Deferred normalization (SPEC §1.10, issue 6): fused against unfused in the same run.
+// Deferred normalization (docs/math.md §7): fused against unfused in the same run.
 //  - Main-table cases (ffnkit_bench --table): rmsnorm_linear and layernorm_linear at d -> 4d, each
 //    against its own unfused path (the `vs dense` column of those rows is vs unfused).
 //  - The full suite (ffnkit_bench_norm, see register_norm_suite): d in {768, 2048, 4096} into

@@ -1,4 +1,4 @@
-// Deferred normalization (SPEC §1.10, issue 6) on the real CUDA backend, in ffnkit_bench_norm:
+// Deferred normalization (docs/math.md §7) on the real CUDA backend, in ffnkit_bench_norm:
 // RMSNormLinear / LayerNormLinear fused against unfused, d in {768, 2048, 4096} into d_out in
 // {d, 4d}, tokens in {1, 16, 128, 2048}, and Softmax V one-pass against three-pass at sequence
 // lengths {128, 1024, 4096, 16384}, head dim 64 and 128; fp32 and fp16. Timed with cudaEvents on

@@ -1,6 +1,6 @@
-// Structured FFNs at the paper's settings (SPEC §1.6): both projections structured, GELU (tanh),
-// bias on, at 63% (5/8) and 32% (5/16) of the dense FFN's parameters; forward, and a training step
-// (forward + backward) against a dense training step.
+// Structured FFNs at the paper's settings (docs/math.md §3.8): both projections structured, GELU
+// (tanh), bias on, at 63% (5/8) and 32% (5/16) of the dense FFN's parameters; forward, and a
+// training step (forward + backward) against a dense training step.
 #include <cstdio>
 #include <memory>
 
@@ -106,8 +106,8 @@ std::unique_ptr<Runner> runner(const Shape& s, Ffn ffn, bool train = false) {
   return std::make_unique<StructuredRunner<Ffn>>(s, std::move(ffn), train);
 }
 
-// SPEC §1.6's settings. LowRank: R = d/2 (63%), d/4 (32%). BlockShuffle: B = 2, 4. BlockDense:
-// blockdense_setting() in ffn_runner.hpp.
+// docs/math.md §3.8's settings. LowRank: R = d/2 (63%), d/4 (32%). BlockShuffle: B = 2, 4.
+// BlockDense: blockdense_setting() in ffn_runner.hpp.
 
 template <class L>
 StructuredFFN<L, L> pair(L up, L down) {
@@ -122,8 +122,8 @@ LayerCase train_case(const char* name, const char* description,
   return c;
 }
 
-// Pre-merge (SPEC §1.8): each projection keeps its merged dense weight and uses whichever path
-// its calibration, run here on this machine up to the case's token count, found faster.
+// Pre-merge (docs/math.md §4): each projection keeps its merged dense weight and uses whichever
+// path its calibration, run here on this machine up to the case's token count, found faster.
 template <class L>
 StructuredFFN<PreMerged<L>, PreMerged<L>> premerged(L up, L down, index_t tokens) {
   PreMerged<L> pu(std::move(up)), pd(std::move(down));
@@ -239,7 +239,8 @@ const RegisterCase train_cases[] = {
 }  // namespace
 
 void print_premerge_crossover(const std::vector<index_t>& dims, index_t max_tokens, int repeats) {
-  std::printf("pre-merge calibration (SPEC §1.8): median of %d runs per path, float32\n", repeats);
+  std::printf("pre-merge calibration (docs/math.md §4): median of %d runs per path, float32\n",
+              repeats);
   for (index_t d : dims) {
     const index_t f = 4 * d;
     auto show = [&](const char* name, auto layer) {

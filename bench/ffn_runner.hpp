@@ -35,8 +35,8 @@ double sampled_ffn_error(const DenseFFN<T, Cpu>& ffn, const std::vector<T>& x,
 
 // Compulsory traffic of one FFN forward: weights and biases once, x read, y written, and the
 // hidden activations written and read once each.
-// The paper's BlockDense settings (SPEC §1.6): B = 2 with R = 512, 256 at d = 768 (2d/3, d/3);
-// B = 4 with R = 3d/4, 3d/8 at d = 1024 and 2048. `large` is the 63% setting, else 32%.
+// The paper's BlockDense settings (docs/math.md §3.8): B = 2 with R = 512, 256 at d = 768 (2d/3,
+// d/3); B = 4 with R = 3d/4, 3d/8 at d = 1024 and 2048. `large` is the 63% setting, else 32%.
 struct BlockDenseSetting {
   index_t blocks, rank;
 };

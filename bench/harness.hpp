@@ -63,9 +63,9 @@ struct LayerCase {
   bool in_table = true;       // part of the main job's --table (training, pre-merge: full suite)
 };
 
-// Pre-merge's crossover (SPEC §1.8): for each width d, each pre-mergeable FFN projection at the
-// paper's settings is calibrated up to max_tokens on this machine, and the measured times of both
-// paths and the chosen one are printed per token count (ffnkit_bench --crossover).
+// Pre-merge's crossover (docs/math.md §4): for each width d, each pre-mergeable FFN projection at
+// the paper's settings is calibrated up to max_tokens on this machine, and the measured times of
+// both paths and the chosen one are printed per token count (ffnkit_bench --crossover).
 void print_premerge_crossover(const std::vector<index_t>& dims, index_t max_tokens, int repeats);
 
 // Cases register themselves at static-initialization time; baselines come first for each shape.

@@ -1,6 +1,6 @@
 // Example 02: a structured FFN from PyTorch-layout factors, checked against its dense equivalent.
 //
-// The paper's "32%" setting at BERT-base width (SPEC §1.6): both projections LowRank with
+// The paper's "32%" setting at BERT-base width (docs/math.md §3.7): both projections LowRank with
 // R = d/4, GELU (tanh), bias on. The layers take their factors exactly as PyTorch stores them
 // (lr1: [R x N], lr2: [M x R]), so weights exported from a trained model load without any
 // transposing. The example then:

@@ -1,4 +1,4 @@
-// Example 03: self-guided training of a structured layer (SPEC §1.7), as a template.
+// Example 03: self-guided training of a structured layer (docs/math.md §5), as a template.
 //
 // A LowRank layer (rank 4) learns to imitate a fixed dense "teacher" layer by SGD on a squared
 // error. Wrapped in SelfGuided, its output during the first half of training is the blend

@@ -1,4 +1,4 @@
-// Example 04: a fast feedforward (FFF) layer from PyTorch-layout weights (SPEC §1.9).
+// Example 04: a fast feedforward (FFF) layer from PyTorch-layout weights (docs/math.md §6).
 //
 // UltraFastBERT-1x11: one tree of depth 11 over d = 768, so 4095 neurons of which each token uses
 // 12. The layer takes the weights exactly as PyTorch's FFF module stores them (linear_in:

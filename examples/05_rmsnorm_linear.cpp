@@ -1,4 +1,4 @@
-// Example 05: RMSNorm deferred into the following linear layer (SPEC §1.10).
+// Example 05: RMSNorm deferred into the following linear layer (docs/math.md §7).
 //
 // A pre-norm block's first projection, at Llama-7B-like width: RMSNorm(γ) then Linear(W, b), both
 // given in PyTorch layout (γ: [d], W: [d_out x d]). RMSNormLinear folds γ into W once at load time

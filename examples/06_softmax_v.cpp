@@ -1,4 +1,4 @@
-// Example 06: attention's Softmax·V with the one-pass online softmax (SPEC §1.10).
+// Example 06: attention's Softmax·V with the one-pass online softmax (docs/math.md §7).
 //
 // One head of causal self-attention: scores S = Q Kᵀ / sqrt(d_head) with a causal mask (−inf
 // above the diagonal), then y = softmax(S) V. SoftmaxLinear::forward sweeps the keys once in tiles,

@@ -1,5 +1,6 @@
-// Example 07: self-guided training (SPEC §1.7) demonstrated on real text, with a character-level
-// language model (examples/char_lm/char_lm.hpp) trained on the Debian `fortunes` package.
+// Example 07: self-guided training (docs/math.md §5) demonstrated on real text, with a
+// character-level language model (examples/char_lm/char_lm.hpp) trained on the Debian `fortunes`
+// package.
 //
 //   example_07_char_lm            the self-check (a ctest test, seconds in Release): a tiny model,
 //                                 a few hundred steps, LowRank and BlockDense under self-guided
@@ -43,7 +44,8 @@ using ffnkit::SelfGuided;
 using LR = LowRankLinear<float>;
 using BD = BlockDenseLinear<float>;
 
-// The paper's 32% settings (SPEC §1.6): both projections structured with the same rank/blocks.
+// The paper's 32% settings (docs/math.md §3.8): both projections structured with the same
+// rank/blocks.
 //   LowRank R = d/4: 2 R (d + 4d) / (2 · 4d²) = 5/16.
 //   BlockDense B = 2, R = d/3: R (4d + d/2) + R (d + 2d) = 7.5 R d = 5/16 of 8d² (the d = 768
 //   setting, B = 2, R = 256, scaled to d).

@@ -1,6 +1,6 @@
 // Example 08: the three block families from PyTorch-layout factors, each checked on its own.
 //
-// One projection 1024 -> 4096 of each block family (SPEC §1.3-1.5), built from factors laid out
+// One projection 1024 -> 4096 of each block family (docs/math.md §3), built from factors laid out
 // exactly as their PyTorch modules store them:
 //   BlockDiagonalLinear  weight   [B, M/B, N/B]
 //   BlockDenseLinear     blkdiag  [B, R/B, N/B], lr [M x R]        (no shuffle between stages)
@@ -8,9 +8,9 @@
 // For each, the example
 //   1. runs forward on a batch of tokens;
 //   2. checks it against the float64 reference forward of the same factors (an independent,
-//      loop-by-loop implementation of the SPEC formula);
+//      loop-by-loop implementation of the formula in docs/math.md §3);
 //   3. checks it against the dense matrix materialize() returns, applied in float64;
-//   4. checks parameter_count() against SPEC's formula.
+//   4. checks parameter_count() against docs/math.md §3.6's formula.
 // It exits non-zero on any mismatch, so it doubles as a test.
 #include <cmath>
 #include <cstdio>

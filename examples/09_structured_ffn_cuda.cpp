@@ -1,9 +1,9 @@
 // Example 09: a structured FFN on the CUDA backend, from host weights to device buffers and back.
 //
-// A BlockDense FFN at the paper's 32% setting (SPEC §1.6: d = 768, B = 2, R = 256) in fp16, on a
-// GPU when there is one (backend Cuda). Without a GPU, the same code runs on ffnkit's CPU emulation
-// of CUDA (backend CudaEmu: the same kernel sources and a reference cuBLAS), so this example runs
-// everywhere. The steps are the ones an engine takes:
+// A BlockDense FFN at the paper's 32% setting (docs/math.md §3.7: d = 768, B = 2, R = 256) in fp16,
+// on a GPU when there is one (backend Cuda). Without a GPU, the same code runs on ffnkit's CPU
+// emulation of CUDA (backend CudaEmu: the same kernel sources and a reference cuBLAS), so this
+// example runs everywhere. The steps are the ones an engine takes:
 //   1. construct the layers from PyTorch-layout host weights (they are uploaded once);
 //   2. put the activations in device memory, size the workspace with workspace_size(tokens);
 //   3. forward on a stream, then copy the result back;

@@ -19,7 +19,7 @@
 // Why the FFN's norm can be deferred for the structured FFNs but not the FFF: RMSNorm(h) =
 // r (γ ⊙ h) with one scalar r per token, and the up-projection's first factor is linear, so
 // Up(RMSNorm(h)) = r · (A diag(γ)) h + b: fold γ into A at load time, run the factor on the raw h,
-// and apply r with the bias afterwards (SPEC §1.10). The FFF's routing compares λ = <x, w> + b
+// and apply r with the bias afterwards (docs/math.md §7). The FFF's routing compares λ = <x, w> + b
 // with 0 and the bias does not scale with r, so its input is normalized explicitly.
 #include <algorithm>
 #include <cmath>

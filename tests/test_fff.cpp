@@ -1,7 +1,7 @@
-// FastFeedForward (SPEC §1.9): forward against the naive float64 oracle, including every token's
-// path, on both CPU kernels (which must agree bit for bit); the branch rule at exact ties; K > 1
-// trees, depth 0, 1 token and odd token counts; adversarial inputs (every token on one path) and
-// inputs spread over every leaf; backward against central finite differences in double with the
+// FastFeedForward (docs/math.md §6): forward against the naive float64 oracle, including every
+// token's path, on both CPU kernels (which must agree bit for bit); the branch rule at exact ties;
+// K > 1 trees, depth 0, 1 token and odd token counts; adversarial inputs (every token on one path)
+// and inputs spread over every leaf; backward against central finite differences in double with the
 // path held fixed; and every bad input. The device layers (fp32, fp16, bf16; CudaEmu in CI): both
 // forward kernels against the oracle and the Cpu paths, the grouped kernel against the
 // warp-per-token one bit for bit, and the device backward against the Cpu backward and finite
@@ -141,7 +141,7 @@ TYPED_TEST(FffTest, AutoKernelAgreesAcrossTokenCounts) {
   }
 }
 
-// SPEC §1.9's rule: λ > 0 goes right, λ == 0 (either sign of zero) goes left.
+// docs/math.md §6's rule: λ > 0 goes right, λ == 0 (either sign of zero) goes left.
 TYPED_TEST(FffTest, TiesGoLeft) {
   using T = typename TypeParam::Scalar;
   const index_t n = 32, m = 8, depth = 3, rows = 15;

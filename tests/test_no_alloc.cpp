@@ -1,8 +1,8 @@
-// Issue 8's zero-copy promise: every Cpu layer's forward, given views on the caller's buffers and
-// a caller-provided workspace of workspace_size() bytes, does not touch the heap. Its own binary,
-// because it replaces the global operator new (to count every C++ allocation, on every thread)
-// and builds Eigen with EIGEN_RUNTIME_NO_MALLOC (to trap Eigen's own aligned mallocs); both must
-// hold for every translation unit of the program, so no other test shares it.
+// The zero-copy promise of docs/integration.md: every Cpu layer's forward, given views on the
+// caller's buffers and a caller-provided workspace of workspace_size() bytes, does not touch the
+// heap. Its own binary, because it replaces the global operator new (to count every C++ allocation,
+// on every thread) and builds Eigen with EIGEN_RUNTIME_NO_MALLOC (to trap Eigen's own aligned
+// mallocs); both must hold for every translation unit of the program, so no other test shares it.
 //
 // Each layer is called once outside the counted region first: OpenMP's thread pool and the
 // BLAS's buffer pool are created on first use, which is start-up, not the hot path.

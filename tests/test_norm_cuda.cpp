@@ -1,6 +1,6 @@
-// Deferred normalization (SPEC §1.10) on the device backends (CudaEmu always, Cuda when built):
-// RMSNormLinear, LayerNormLinear and SoftmaxLinear for float, __half and __nv_bfloat16, the fused
-// path against the unfused path against the float64 oracle, through sentinel-guarded device
+// Deferred normalization (docs/math.md §7) on the device backends (CudaEmu always, Cuda when
+// built): RMSNormLinear, LayerNormLinear and SoftmaxLinear for float, __half and __nv_bfloat16, the
+// fused path against the unfused path against the float64 oracle, through sentinel-guarded device
 // mirrors with strided views, under two emulator schedule orders; mean offsets |μ|/σ up to 1000
 // against the stated bound, scores that overflow a naive exp, masked and fully masked rows, ε edge
 // cases, odd widths, 1 token and bad inputs.

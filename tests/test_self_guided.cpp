@@ -1,8 +1,8 @@
-// Self-guided training (SPEC §1.7): the α schedule, the blend y = α W x + (1 − α) S(x) + b against
-// the float64 oracle (reference::linear on the guide and on S's materialize()), the stochastic
-// decisions, backward against central finite differences in double, dropping the guide, and bad
-// inputs. Runs over every structured layer family, float and double, on the Cpu backend; the blend
-// and its backward also on every device backend and storage type (SelfGuidedBackendTest).
+// Self-guided training (docs/math.md §5): the α schedule, the blend y = α W x + (1 − α) S(x) + b
+// against the float64 oracle (reference::linear on the guide and on S's materialize()), the
+// stochastic decisions, backward against central finite differences in double, dropping the guide,
+// and bad inputs. Runs over every structured layer family, float and double, on the Cpu backend;
+// the blend and its backward also on every device backend and storage type (SelfGuidedBackendTest).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -568,7 +568,7 @@ TYPED_TEST(SelfGuidedTest, CountsParametersAndExpectedFlops) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward against central finite differences, in double (SPEC §4).
+// Backward against central finite differences, in double (docs/math.md §8.7).
 // ---------------------------------------------------------------------------------------------
 
 // Checks every gradient backward(…, d) returns — each factor entry, the guide, the bias and dx —

@@ -1,4 +1,4 @@
-// The structured layers (SPEC §1.2–1.5) on every backend that has them: forward against two
+// The structured layers (docs/math.md §3) on every backend that has them: forward against two
 // independent float64 oracles (the naive per-factor formulas, and the dense forward of the
 // layer's own materialize()), backward against the oracle's gradients, against central finite
 // differences in double, and against the materialized dense gradient, plus every bad input.
@@ -172,7 +172,7 @@ TYPED_TEST(StructuredTest, ForwardMatchesBothOraclesWithGuards) {
             }
             ASSERT_TRUE(y.guards_intact());
             const auto xd = x.to_double();
-            // Oracle 1: the naive per-factor formulas of SPEC §1.2–1.5.
+            // Oracle 1: the naive per-factor formulas of docs/math.md §3.
             EXPECT_TRUE(test::within_tolerance<T>(
                 test::compare(y.data(), tokens, m, y.stride(), ref_forward(layer, xd, tokens))));
             // Oracle 2: the dense forward of the layer's own materialize().
@@ -311,7 +311,7 @@ BlockShuffleLinear<float> shuffle(index_t n, index_t m, index_t b) {
 }
 
 TEST(StructuredCounts, MatchSpecFormulasAndPaperSettings) {
-  // SPEC §1.2–1.5 parameter formulas (weights only, then the bias).
+  // docs/math.md §3 parameter formulas (weights only, then the bias).
   const index_t n = 1024, m = 4096;
   EXPECT_EQ(lowrank(n, m, 512, false).parameter_count(), 512 * (n + m));
   EXPECT_EQ(lowrank(n, m, 512, true).parameter_count(), 512 * (n + m) + m);
@@ -321,8 +321,8 @@ TEST(StructuredCounts, MatchSpecFormulasAndPaperSettings) {
   EXPECT_EQ(shuffle(m, n, 4).parameter_count(), std::min(n, m) * (n + m) / 4);
   EXPECT_DOUBLE_EQ(lowrank(n, m, 256, false).flops_per_token(), 2.0 * 256 * (n + m));
   EXPECT_DOUBLE_EQ(shuffle(n, m, 4).flops_per_token(), 2.0 * std::min(n, m) * (n + m) / 4);
-  // SPEC §1.6: for the FFN pair d -> 4d -> d at d = 1024, LowRank R = d/2, d/4 and BlockShuffle
-  // B = 2, 4 keep exactly 5/8 ("63%") and 5/16 ("32%") of the dense weights.
+  // docs/math.md §3.8: for the FFN pair d -> 4d -> d at d = 1024, LowRank R = d/2, d/4 and
+  // BlockShuffle B = 2, 4 keep exactly 5/8 ("63%") and 5/16 ("32%") of the dense weights.
   const double dense = 2.0 * n * m;
   auto pair = [&](const auto& up, const auto& down) {
     return static_cast<double>(up.parameter_count() + down.parameter_count()) / dense;
@@ -874,7 +874,8 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
   }
 }
 
-// ---- pre-merge (SPEC §1.8) ----------------------------------------------------------------------
+// ---- pre-merge (docs/math.md §4)
+// ----------------------------------------------------------------------
 
 TYPED_TEST(StructuredCpuTest, PreMergedBothPathsMatchTheOracle) {
   using T = typename TestFixture::T;

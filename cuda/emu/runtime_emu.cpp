@@ -1,7 +1,8 @@
-// The emulated device runtime (ffnkit::cuda_emu, SPEC §3): device memory is host memory tracked in
-// a registry of live allocations, streams and cuBLAS handles are tokens, everything is synchronous,
-// and the GEMMs are a reference implementation of cublasGemmEx / cublasGemmStridedBatchedEx with
-// CUBLAS_COMPUTE_32F. Deliberately independent of Eigen: the tests use Eigen as the oracle.
+// The emulated device runtime (ffnkit::cuda_emu, docs/cuda.md): device memory is host memory
+// tracked in a registry of live allocations, streams and cuBLAS handles are tokens, everything is
+// synchronous, and the GEMMs are a reference implementation of cublasGemmEx /
+// cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F. Deliberately independent of Eigen: the tests
+// use Eigen as the oracle.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

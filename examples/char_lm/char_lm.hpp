@@ -250,7 +250,7 @@ struct RMSNorm {
 };
 
 // ---------------------------------------------------------------------------------------------
-// FFN(x) = down(GELU_tanh(up(x))), the paper's FFN (SPEC §1.6), over any projection layer.
+// FFN(x) = down(GELU_tanh(up(x))), the paper's FFN (docs/math.md §3.8), over any projection layer.
 // ---------------------------------------------------------------------------------------------
 template <class Layer>
 struct Ffn {

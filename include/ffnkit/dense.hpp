@@ -1,4 +1,4 @@
-// The dense layers every structured layer is measured against (SPEC §1.1):
+// The dense layers every structured layer is measured against (docs/math.md §2):
 //   DenseLinear<T, Backend>:  y = W x + b, W: [out x in] as PyTorch's nn.Linear stores it;
 //   DenseFFN<T, Backend>:     y = W2 act(W1 x + b1) + b2, or SwiGLU y = W2 (SiLU(Wg x) * (Wu x)).
 // Activations are row-major [tokens x features] views (core/view.hpp).

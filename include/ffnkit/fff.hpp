@@ -1,6 +1,6 @@
-// Fast feedforward (FFF, SPEC §1.9): K binary trees of depth D, each node a neuron with w_in[n],
-// b_in[n] and w_out[n]; a token walks one root-to-leaf path per tree and touches K (D+1) of the
-// K (2^(D+1) − 1) neurons. Hard-routed inference (λ > 0 goes right, a tie goes left) and
+// Fast feedforward (FFF, docs/math.md §6): K binary trees of depth D, each node a neuron with
+// w_in[n], b_in[n] and w_out[n]; a token walks one root-to-leaf path per tree and touches K (D+1)
+// of the K (2^(D+1) − 1) neurons. Hard-routed inference (λ > 0 goes right, a tie goes left) and
 // UltraFastBERT-style training (gradients for the visited nodes only).
 #pragma once
 

@@ -1,4 +1,4 @@
-// Deferred normalization fused with the following linear layer (SPEC §1.10):
+// Deferred normalization fused with the following linear layer (docs/math.md §7):
 //   RMSNormLinear<T, Backend>:   y = r (W' x) + b,            W' = W diag(γ), r =
 //   1/sqrt(mean(x²)+ε) LayerNormLinear<T, Backend>: y = r (W' x − μ c) + b',     c = W' 1, b' = W β
 //   + b,

@@ -1,12 +1,12 @@
-// Self-guided training (SPEC §1.7): a structured layer S trained under a dense guide W,
+// Self-guided training (docs/math.md §5): a structured layer S trained under a dense guide W,
 //   y = α W x + (1 − α) S(x) + b,
 // with α decaying from 1 to 0 over the first T optimizer steps, after which the guide is dropped
 // and the layer is exactly S. Every backend: the backend-specific steps are in
 // detail/self_guided_ops.hpp; on the device backends the guide lives in device memory, views and
 // gradient buffers are device memory, and forward/backward take a stream.
 //
-// Stochastic FLOP reduction (SPEC §1.7, on in the paper): each forward draws u ~ U[0, 1) once and
-// computes the dense branch only if u < α; otherwise it outputs S(x). The output is then a
+// Stochastic FLOP reduction (docs/math.md §5, on in the paper): each forward draws u ~ U[0, 1) once
+// and computes the dense branch only if u < α; otherwise it outputs S(x). The output is then a
 // different function of the parameters depending on the draw, so backward must know which one the
 // forward computed. Design: every forward returns a SelfGuidedDecision token (the step, α and
 // whether the dense branch ran) and also records it as last_decision(). backward() differentiates
@@ -32,7 +32,7 @@
 
 namespace ffnkit {
 
-// The guide weight α(t) over optimizer steps t (SPEC §1.7).
+// The guide weight α(t) over optimizer steps t (docs/math.md §5).
 //   T = decay_steps() = round(ratio × total_steps), rounding half away from zero (std::llround:
 //   ratio 0.5 of 5 steps gives T = 3), so that T never depends on the platform's rounding mode.
 //   cosine (default): α(t) = ½ (1 + cos(π t / T)) for t ≤ T, 0 after;
@@ -99,7 +99,7 @@ struct SelfGuidedDecision {
   double effective_alpha() const { return used_guide ? alpha : 0.0; }
 };
 
-// A structured layer under a dense guide (SPEC §1.7). Structured is one of LowRankLinear,
+// A structured layer under a dense guide (docs/math.md §5). Structured is one of LowRankLinear,
 // BlockDiagonalLinear, BlockDenseLinear, BlockShuffleLinear on any backend; the bias is S's own
 // and is added exactly once. forward() is non-const: it consumes the decision RNG and records the
 // decision (see the design note at the top of this file).
@@ -113,8 +113,8 @@ class SelfGuided {
   using Stream = typename Ops::Stream;  // an empty, synchronous stand-in on Cpu
   using Grads = typename Ops::Grads;    // GradList<T> on Cpu, device buffers on the device
 
-  // The guide starts as S's own dense equivalent, so at step 0 the blend equals S (SPEC §1.7).
-  // `seed` drives the stochastic decisions; give each layer of a model its own seed.
+  // The guide starts as S's own dense equivalent, so at step 0 the blend equals S (docs/math.md
+  // §5). `seed` drives the stochastic decisions; give each layer of a model its own seed.
   SelfGuided(Structured s, AlphaSchedule schedule, bool stochastic = true, std::uint64_t seed = 0)
       : s_(std::move(s)), schedule_(schedule), stochastic_(stochastic), rng_(seed) {
     constexpr const char* where = "SelfGuided";
@@ -181,8 +181,8 @@ class SelfGuided {
   // Bytes the guide holds (what dropping it gives back).
   std::size_t guide_bytes() const { return Ops::bytes(guide_); }
 
-  // Frees the guide once α has reached 0 (SPEC §1.7: after T the guide is dropped and inference
-  // never pays for it). α never rises again (step only advances and the schedule is
+  // Frees the guide once α has reached 0 (docs/math.md §5: after T the guide is dropped and
+  // inference never pays for it). α never rises again (step only advances and the schedule is
   // non-increasing), so from here on forward is exactly S.forward. Dropping twice is a no-op.
   void drop_guide() {
     constexpr const char* where = "SelfGuided::drop_guide";

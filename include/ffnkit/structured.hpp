@@ -1,4 +1,4 @@
-// The structured linear layers (SPEC §1.2–1.5), each templated on scalar and backend:
+// The structured linear layers (docs/math.md §3), each templated on scalar and backend:
 //   LowRankLinear        y = U (V x) + b                       params R (N + M)
 //   BlockDiagonalLinear  y_b = W_b x_b                         params N M / B
 //   BlockDenseLinear     y = U (blockdiag(V_1..V_B) x) + b     params R (M + N/B)

@@ -140,8 +140,8 @@ static void test_block_layers(void) {
     }
   }
   CHECK(run_and_compare(bdense, x, tokens, ref) < 1e-5);
-  /* BlockShuffle (SPEC 1.5): stage 1 per block, stage-2 block b reads stage-1 outputs b, b+B, ...;
-   * element i of stage-2 block b lands at output i B + b. */
+  /* BlockShuffle (docs/math.md §3.5): stage 1 per block, stage-2 block b reads stage-1 outputs b,
+   * b+B, ...; element i of stage-2 block b lands at output i B + b. */
   CHECK_OK(ffnkit_blockshuffle_create(n, m, blocks, bd1, bd2, NULL, &shuffle));
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t b = 0; b < blocks; ++b)

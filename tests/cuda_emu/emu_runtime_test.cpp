@@ -1,5 +1,5 @@
-// Tests of the emulated device runtime (SPEC §3). The reference GEMM is checked against Eigen in
-// double on the same quantized inputs, with NaN in the padding of A and B (it must not leak into
+// Tests of the emulated device runtime (docs/cuda.md). The reference GEMM is checked against Eigen
+// in double on the same quantized inputs, with NaN in the padding of A and B (it must not leak into
 // the result) and sentinels in the padding and batch gaps of C (they must stay bit-identical).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

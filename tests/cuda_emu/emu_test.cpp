@@ -1,4 +1,4 @@
-// Tests of the CUDA emulation (SPEC §3): every kernel result is checked against an independent
+// Tests of the CUDA emulation (docs/cuda.md): every kernel result is checked against an independent
 // host computation, and every kernel test runs under the forward, reverse and shuffle schedules.
 #include <gtest/gtest.h>
 

@@ -168,7 +168,7 @@ __global__ void WarpBarrierDeadlockKernel(float* out) {
   out[threadIdx.x] = v;
 }
 
-// A warp-subset shuffle (valid CUDA, but outside the SPEC's kernel rules).
+// A warp-subset shuffle (valid CUDA, but outside docs/cuda.md's kernel rules).
 __global__ void SubsetMaskKernel(float* out) {
   float v = static_cast<float>(threadIdx.x);
   if (threadIdx.x % 32 < 16) v = __shfl_sync(0x0000ffffu, v, 0);

@@ -97,7 +97,7 @@ struct ComboName {
 };
 
 // A backend that is absent skips visibly, never passes silently; FFNKIT_REQUIRE_CUDA=1 turns the
-// skip of the Cuda backend into a failure (SPEC §3).
+// skip of the Cuda backend into a failure (docs/cuda.md).
 #define FFNKIT_SKIP_IF_UNAVAILABLE(Backend)                                                 \
   do {                                                                                      \
     std::string ffnkit_why_;                                                                \
@@ -337,7 +337,7 @@ auto grad_host(const G& g) -> decltype(g.to_host()) {
 }
 
 // Runs `fn` once per schedule order that matters for B: the emulator's kernels run under the
-// forward order and a seeded shuffle (SPEC §3: every kernel test under at least two orders).
+// forward order and a seeded shuffle (docs/cuda.md: every kernel test under at least two orders).
 template <class B, class Fn>
 void for_each_schedule(Fn&& fn) {
 #if defined(FFNKIT_WITH_CUDA_EMU)

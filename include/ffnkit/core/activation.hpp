@@ -1,6 +1,6 @@
-// Activation functors shared by every backend (SPEC §1.1). Each is FFNKIT_HOST_DEVICE so one body
-// serves the CPU scalar tail, CUDA kernels and the CudaEmu build; computation is in float for float
-// inputs and in double for double inputs (half types are widened to float by the caller).
+// Activation functors shared by every backend (docs/math.md §2). Each is FFNKIT_HOST_DEVICE so one
+// body serves the CPU scalar tail, CUDA kernels and the CudaEmu build; computation is in float for
+// float inputs and in double for double inputs (half types are widened to float by the caller).
 #pragma once
 
 #include <math.h>
@@ -15,8 +15,9 @@ namespace ffnkit {
 enum class Activation : int {
   kIdentity = 0,
   kRelu,
-  kGeluTanh,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the paper's FFN (SPEC §1.6)
-  kGeluErf,   // x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))): UltraFastBERT's FFF (SPEC §1.9)
+  kGeluTanh,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the paper's FFN (docs/math.md
+              // §3.8)
+  kGeluErf,   // x Phi(x) = 0.5 x (1 + erf(x / sqrt(2))): UltraFastBERT's FFF (docs/math.md §6)
   kSilu,      // x / (1 + exp(-x)), the gate of SwiGLU
 };
 

@@ -8,11 +8,11 @@ struct Cpu {
   static constexpr const char* name() { return "Cpu"; }
 };
 // The CUDA kernel sources compiled by the host compiler and run by ffnkit's thread-block
-// emulator (SPEC §3, tier 2). Needs no GPU.
+// emulator (docs/cuda.md, tier 2). Needs no GPU.
 struct CudaEmu {
   static constexpr const char* name() { return "CudaEmu"; }
 };
-// The real CUDA device (SPEC §3, tier 3).
+// The real CUDA device (docs/cuda.md, tier 3).
 struct Cuda {
   static constexpr const char* name() { return "Cuda"; }
 };

@@ -1,9 +1,10 @@
 // Portability macros shared by the host compiler, nvcc and the CUDA emulation build.
 #pragma once
 
-// One function body serves the CPU backend, CUDA device code and the CudaEmu build (SPEC §2).
-// Only nvcc needs the qualifiers: the emulation compiles device code as plain host code (its
-// header defines __host__/__device__ as nothing), so every host compiler build drops them.
+// One function body serves the CPU backend, CUDA device code and the CudaEmu build
+// (docs/design.md). Only nvcc needs the qualifiers: the emulation compiles device code as plain
+// host code (its header defines __host__/__device__ as nothing), so every host compiler build drops
+// them.
 #if defined(__CUDACC__)
 #define FFNKIT_HOST_DEVICE __host__ __device__
 #define FFNKIT_DEVICE __device__

@@ -1,5 +1,5 @@
-// FastFeedForward on the CPU backend (SPEC §1.9). Two forward kernels share one dot product and
-// one accumulation order, so they give bit-identical leaves and outputs:
+// FastFeedForward on the CPU backend (docs/math.md §6). Two forward kernels share one dot product
+// and one accumulation order, so they give bit-identical leaves and outputs:
 //   per-token walk  few tokens: a token's path is a chain of dependent dots; the two candidate
 //                   rows of the next level are prefetched while the current dot runs;
 //   grouped         many tokens, in cache-sized blocks of tokens per thread: per level the tokens
@@ -261,9 +261,9 @@ class FastFeedForward<T, Cpu> {
     return Scratch::layout(tokens, trees_ * (depth_ + 1), cpu::max_threads(), nullptr).bytes;
   }
 
-  // y = Σ_k Σ_{n on token's path in tree k} GELU(λ_n) w_out[n] (SPEC §1.9). `leaves`, when given,
-  // receives each token's leaf per tree ([tokens x K], node index inside the tree, heap order):
-  // the path is the leaf's ancestors, and backward() takes it back. With a workspace of
+  // y = Σ_k Σ_{n on token's path in tree k} GELU(λ_n) w_out[n] (docs/math.md §6). `leaves`, when
+  // given, receives each token's leaf per tree ([tokens x K], node index inside the tree, heap
+  // order): the path is the leaf's ancestors, and backward() takes it back. With a workspace of
   // workspace_size(tokens) bytes the call does not allocate; an empty one allocates per call.
   void forward(const MatrixView<const T>& x, const MatrixView<T>& y, std::int32_t* leaves = nullptr,
                FffKernel kernel = FffKernel::kAuto, Workspace workspace = {}) const {

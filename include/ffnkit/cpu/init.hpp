@@ -1,4 +1,4 @@
-// Seeded initialisers of the structured layers (SPEC §1.2, §1.4, §1.5), computed in double and
+// Seeded initialisers of the structured layers (docs/math.md §3.9), computed in double and
 // rounded once. Both go through the eigen-decomposition of the smaller Gram matrix, which is exact
 // for the well-conditioned Gaussian matrices drawn here and costs O(max·min² + min³) instead of a
 // full SVD (seconds instead of minutes at d = 2048).
@@ -27,9 +27,9 @@ inline MatrixXdRow gaussian(index_t rows, index_t cols, std::uint64_t seed, doub
   return g;
 }
 
-// Spectral init of a rank-R factorization W ≈ U V (SPEC §1.2): draw W ~ N(0, stddev²) [M x N],
-// take its SVD W = P S Qᵀ, and return V = sqrt(S_R) Q_Rᵀ [R x N] and U = P_R sqrt(S_R) [M x R], so
-// U V is the best rank-R approximation of W.
+// Spectral init of a rank-R factorization W ≈ U V (docs/math.md §3.2): draw W ~ N(0, stddev²) [M x
+// N], take its SVD W = P S Qᵀ, and return V = sqrt(S_R) Q_Rᵀ [R x N] and U = P_R sqrt(S_R) [M x R],
+// so U V is the best rank-R approximation of W.
 inline void spectral_factors(index_t m, index_t n, index_t rank, std::uint64_t seed, double stddev,
                              MatrixXdRow* u, MatrixXdRow* v) {
   const MatrixXdRow w = gaussian(m, n, seed, stddev);
@@ -59,7 +59,7 @@ inline void spectral_factors(index_t m, index_t n, index_t rank, std::uint64_t s
 }
 
 // A matrix with orthonormal rows or columns (whichever are fewer): the polar factor P Qᵀ of a
-// Gaussian draw G = P S Qᵀ (SPEC §1.4's "U Vh of its own SVD").
+// Gaussian draw G = P S Qᵀ (docs/math.md §3.4's "U Vh of its own SVD").
 inline MatrixXdRow orthonormal(index_t rows, index_t cols, std::uint64_t seed) {
   const MatrixXdRow g = gaussian(rows, cols, seed, 1.0);
   const bool tall = rows >= cols;

@@ -1,4 +1,4 @@
-// RMSNormLinear, LayerNormLinear and SoftmaxLinear on the CPU backend (SPEC §1.10).
+// RMSNormLinear, LayerNormLinear and SoftmaxLinear on the CPU backend (docs/math.md §7).
 //
 // The fused and the unfused path share one product driver (`norm_linear_product`) and one
 // epilogue pass over y, so the only difference between them is the pass over x: the unfused path
@@ -86,7 +86,7 @@ void norm_linear_product(const MatrixView<const T>& x, const T* w, index_t m,
 }
 
 // Per-token statistics, accumulated in T (fp32 for float). RMSNorm: r = 1/sqrt(mean(x²) + ε).
-// LayerNorm: shifted sums around K = x[0] (SPEC §1.10 forbids E[x²] − E[x]²): with d = x − K,
+// LayerNorm: shifted sums around K = x[0] (docs/math.md §7 forbids E[x²] − E[x]²): with d = x − K,
 // var = mean(d²) − mean(d)², whose cancellation is bounded by (x[0] − μ)²/σ² instead of μ²/σ².
 template <class T>
 inline NormStat<T> row_stats(const T* x, index_t n, bool layer_norm, T eps) {
@@ -129,7 +129,7 @@ class NormLinearCpu {
   index_t in_features() const { return in_; }
   index_t out_features() const { return out_; }
   double eps() const { return eps_; }
-  // The folded parameters (SPEC §1.10): W' = W diag(γ) [out x in], c = W' 1, b' = W β + b.
+  // The folded parameters (docs/math.md §7): W' = W diag(γ) [out x in], c = W' 1, b' = W β + b.
   const T* folded_weight() const { return wf_.data(); }
   const T* row_sums() const { return c_.data(); }
   const T* folded_bias() const { return bf_.data(); }
@@ -173,9 +173,9 @@ class NormLinearCpu {
     cpu::norm_linear_product(x, wf_.data(), out_, y, s.stats, prologue, epilogue);
   }
 
-  // The unfused reference path (SPEC §1.10's baseline): normalize x into a buffer (the norm as its
-  // own pass, γ and β applied), then the same product driver on the original W, with the bias in
-  // the same epilogue pass the fused path uses for its scale and correction.
+  // The unfused reference path (docs/math.md §7's baseline): normalize x into a buffer (the norm as
+  // its own pass, γ and β applied), then the same product driver on the original W, with the bias
+  // in the same epilogue pass the fused path uses for its scale and correction.
   void forward_unfused(const MatrixView<const T>& x, const MatrixView<T>& y,
                        Workspace workspace = {},
                        const MatrixView<T>& normalized = MatrixView<T>()) const {
@@ -395,7 +395,7 @@ class LayerNormLinear<T, Cpu> : public detail::NormLinearCpu<T, true> {
                                        weight, bias, eps) {}
 };
 
-// y = softmax(s + mask) V per row of scores s (attention's P V), SPEC §1.10.
+// y = softmax(s + mask) V per row of scores s (attention's P V), docs/math.md §7.
 //  - forward: one pass, FlashAttention-style. A block of query rows sweeps the keys in tiles:
 //    tile max, exp into a small cache-resident tile buffer, one rescale of the running numerator
 //    and denominator by e^{m_old − m_new} per tile (only where the max moved), then a small GEMM

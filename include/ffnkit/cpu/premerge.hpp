@@ -1,6 +1,6 @@
-// Pre-merge (SPEC §1.8, ffnkit's own): a structured layer that also keeps its merged dense weight
-// W = materialize(S) and picks, per call, whichever path is faster at that token count on this
-// machine. calibrate() measures both; nothing is hard-coded.
+// Pre-merge (docs/math.md §4, ffnkit's own): a structured layer that also keeps its merged dense
+// weight W = materialize(S) and picks, per call, whichever path is faster at that token count on
+// this machine. calibrate() measures both; nothing is hard-coded.
 #pragma once
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // LowRank, BlockDiagonal, BlockDense and BlockShuffle linear layers on the CPU backend
-// (SPEC §1.2–1.5): forward, backward, materialize. Products go through cpu/structured_ops.hpp:
+// (docs/math.md §3): forward, backward, materialize. Products go through cpu/structured_ops.hpp:
 // one GEMM per factor or per block, on strided views of the caller's buffers.
 #pragma once
 
@@ -117,7 +117,7 @@ class CpuStructuredBase {
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
-// LowRank (SPEC §1.2): y = U (V x) + b, V = lr1 [R x N], U = lr2 [M x R].
+// LowRank (docs/math.md §3.2): y = U (V x) + b, V = lr1 [R x N], U = lr2 [M x R].
 // ---------------------------------------------------------------------------------------------
 template <class T>
 class LowRankLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
@@ -205,7 +205,7 @@ class LowRankLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// BlockDiagonal (SPEC §1.3): y_b = W_b x_b, W: [B, M/B, N/B].
+// BlockDiagonal (docs/math.md §3.3): y_b = W_b x_b, W: [B, M/B, N/B].
 // ---------------------------------------------------------------------------------------------
 template <class T>
 class BlockDiagonalLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
@@ -222,7 +222,7 @@ class BlockDiagonalLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
     w_ = Base::copy_factor(where, "weight", weight, out_features * in_features / blocks);
   }
 
-  // Orthonormal blocks (SPEC §1.4–1.5 "orthonormal for the block families").
+  // Orthonormal blocks (docs/math.md §3.9.3 "orthonormal for the block families").
   static BlockDiagonalLinear random(index_t in_features, index_t out_features, index_t blocks,
                                     std::uint64_t seed, bool with_bias = true,
                                     double bias_stddev = 0.02) {
@@ -287,7 +287,7 @@ class BlockDiagonalLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// BlockDense (SPEC §1.4): y = U (blockdiag(V_1..V_B) x) + b, V = blkdiag [B, R/B, N/B],
+// BlockDense (docs/math.md §3.4): y = U (blockdiag(V_1..V_B) x) + b, V = blkdiag [B, R/B, N/B],
 // U = lr [M x R]. No shuffle between the stages.
 // ---------------------------------------------------------------------------------------------
 template <class T>
@@ -390,9 +390,9 @@ class BlockDenseLinear<T, Cpu> : public detail::CpuStructuredBase<T> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// BlockShuffle / Monarch (SPEC §1.5): stage 1 blkdiag1 [B, q, N/B] with q = min(N, M)/B; stage-2
-// block b reads stage-1 outputs b, b+B, b+2B, ...; stage 2 blkdiag2 [B, M/B, q]; element s of
-// stage-2 block b lands at output s B + b.
+// BlockShuffle / Monarch (docs/math.md §3.5): stage 1 blkdiag1 [B, q, N/B] with q = min(N, M)/B;
+// stage-2 block b reads stage-1 outputs b, b+B, b+2B, ...; stage 2 blkdiag2 [B, M/B, q]; element s
+// of stage-2 block b lands at output s B + b.
 // ---------------------------------------------------------------------------------------------
 template <class T>
 class BlockShuffleLinear<T, Cpu> : public detail::CpuStructuredBase<T> {

@@ -1,4 +1,4 @@
-// StructuredFFN<Up, Down>: both projections structured (SPEC §1.6), GELU (tanh) by default,
+// StructuredFFN<Up, Down>: both projections structured (docs/math.md §3.7), GELU (tanh) by default,
 // SwiGLU with separate gate and up layers or with gate|up fused in one; forward and backward. CPU
 // backend: the shared orchestration is detail::StructuredFFNCommon, this adds the scratch and the
 // elementwise passes.

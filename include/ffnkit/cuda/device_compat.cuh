@@ -1,5 +1,5 @@
 // The one include for kernel sources (.cuh) that build both with nvcc and, under -DFFNKIT_CUDA_EMU,
-// with the host compiler against the CPU emulation (SPEC §3).
+// with the host compiler against the CPU emulation (docs/cuda.md).
 #pragma once
 
 #if defined(FFNKIT_CUDA_EMU)

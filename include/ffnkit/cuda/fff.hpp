@@ -1,4 +1,5 @@
-// FastFeedForward on the device backends (Cuda, CudaEmu), SPEC §1.9, for T = float, __half and
+// FastFeedForward on the device backends (Cuda, CudaEmu), docs/math.md §6, for T = float, __half
+// and
 // __nv_bfloat16 (ffnkit/cuda/kernels/fff.cuh). λ, GELU and the sums are fp32 for every T; a 16-bit
 // output row is accumulated in a fp32 scratch and rounded once. The constructors take host weights
 // in PyTorch layout, as the Cpu layer's do (and go through the Cpu float layer, so both store w_out
@@ -121,7 +122,7 @@ class DeviceFastFeedForward {
     return align16(acc) + ints;
   }
 
-  // y = Σ over each token's path of GELU(λ) w_out (SPEC §1.9); `leaves` ([tokens x K], device
+  // y = Σ over each token's path of GELU(λ) w_out (docs/math.md §6); `leaves` ([tokens x K], device
   // memory) receives each token's leaf per tree when given (what backward takes back).
   // Asynchronous on `stream` when a workspace is given.
   void forward(const MatrixView<const T>& x, const MatrixView<T>& y, std::int32_t* leaves = nullptr,

@@ -1,6 +1,6 @@
-// RMSNormLinear, LayerNormLinear and SoftmaxLinear on the device backends (Cuda, CudaEmu), SPEC
-// §1.10. Host parameters in the constructors (folded in double on the host, as on the Cpu backend,
-// then uploaded); device views, an optional device workspace and a stream in forward.
+// RMSNormLinear, LayerNormLinear and SoftmaxLinear on the device backends (Cuda, CudaEmu),
+// docs/math.md §7. Host parameters in the constructors (folded in double on the host, as on the Cpu
+// backend, then uploaded); device views, an optional device workspace and a stream in forward.
 //
 // forward (deferred): RowStats (one block per token, fp32 shifted sums) + one cuBLAS GEMM on the
 // folded W' with the raw x + one NormEpilogue kernel, y = r (acc − μ c) + b'. For __half and
@@ -8,12 +8,13 @@
 // F32 GemmEx), so the mean correction cancels at fp32 precision, not after rounding to 16 bits.
 // forward_unfused: RowStats + NormalizeRows (γ, β applied) into a buffer + GEMM on W + bias.
 //
-// Above kDecodeTokens the statistics run concurrently with the GEMM (SPEC §1.10: only the epilogue
-// needs them): the layer forks a secondary stream it owns (created on first use) off the caller's
-// stream with an event, runs RowStats (and the optional normalized side output) there while the
-// GEMM runs on the caller's stream, and joins it with a second event before NormEpilogue. LayerNorm
-// with a finite center threshold cannot overlap (the GEMM's input depends on the statistics) and
-// runs everything on the caller's stream; set_concurrent_stats(false) does that for any layer.
+// Above kDecodeTokens the statistics run concurrently with the GEMM (docs/math.md §7: only the
+// epilogue needs them): the layer forks a secondary stream it owns (created on first use) off the
+// caller's stream with an event, runs RowStats (and the optional normalized side output) there
+// while the GEMM runs on the caller's stream, and joins it with a second event before NormEpilogue.
+// LayerNorm with a finite center threshold cannot overlap (the GEMM's input depends on the
+// statistics) and runs everything on the caller's stream; set_concurrent_stats(false) does that for
+// any layer.
 #pragma once
 
 #include <algorithm>

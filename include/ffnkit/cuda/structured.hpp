@@ -1,5 +1,5 @@
 // LowRank, BlockDiagonal, BlockDense and BlockShuffle on the device backends (Cuda, CudaEmu),
-// SPEC §1.2–1.5. Every product is one cuBLAS call on strided views of the caller's buffers: a
+// docs/math.md §3. Every product is one cuBLAS call on strided views of the caller's buffers: a
 // block-diagonal stage is one cublasGemmStridedBatchedEx with batch = blocks (block b's input is
 // columns [b p, (b+1) p) of x, so the batch stride of x is p elements and nothing is gathered).
 // BlockShuffle's permutation is one tiled-transpose kernel per stage; on the output side it also
@@ -281,7 +281,7 @@ std::vector<std::vector<T>> rounded_params(CpuLayer& cpu) {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------------
-// LowRank (SPEC §1.2): y = U (V x) + b; V x and U h are one GEMM each.
+// LowRank (docs/math.md §3.2): y = U (V x) + b; V x and U h are one GEMM each.
 // ---------------------------------------------------------------------------------------------
 template <class T, class B>
 class DeviceLowRankLinear : public detail::DeviceStructuredBase<T, B> {
@@ -379,7 +379,7 @@ class DeviceLowRankLinear : public detail::DeviceStructuredBase<T, B> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// BlockDiagonal (SPEC §1.3): one strided-batched GEMM, then the bias + activation pass.
+// BlockDiagonal (docs/math.md §3.3): one strided-batched GEMM, then the bias + activation pass.
 // ---------------------------------------------------------------------------------------------
 template <class T, class B>
 class DeviceBlockDiagonalLinear : public detail::DeviceStructuredBase<T, B> {
@@ -456,7 +456,7 @@ class DeviceBlockDiagonalLinear : public detail::DeviceStructuredBase<T, B> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// BlockDense (SPEC §1.4): a strided-batched GEMM into the rank-R hidden, then one GEMM.
+// BlockDense (docs/math.md §3.4): a strided-batched GEMM into the rank-R hidden, then one GEMM.
 // ---------------------------------------------------------------------------------------------
 template <class T, class B>
 class DeviceBlockDenseLinear : public detail::DeviceStructuredBase<T, B> {
@@ -557,8 +557,8 @@ class DeviceBlockDenseLinear : public detail::DeviceStructuredBase<T, B> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// BlockShuffle / Monarch (SPEC §1.5): stage 1 (strided-batched GEMM), one transpose kernel so
-// stage-2 block b's inputs (stage-1 outputs b, b + B, ...) are contiguous, stage 2, and one
+// BlockShuffle / Monarch (docs/math.md §3.5): stage 1 (strided-batched GEMM), one transpose kernel
+// so stage-2 block b's inputs (stage-1 outputs b, b + B, ...) are contiguous, stage 2, and one
 // transpose kernel that puts element s of block b at output s B + b, adding the bias on the way.
 // ---------------------------------------------------------------------------------------------
 template <class T, class B>

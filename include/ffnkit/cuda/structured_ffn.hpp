@@ -1,8 +1,9 @@
-// StructuredFFN<Up, Down> on the device backends (SPEC §1.6): the same API as the Cpu backend's,
-// plus a stream. SwiGLU keeps gate and up side by side in one [tokens x 2 d_ff] buffer (written by
-// one gate|up layer, or by the two layers each into its half), so the dense FFN's SwiGLU kernel
-// gates it in one pass; GELU/ReLU/SiLU ride on up's own bias pass. The orchestration is shared
-// with the Cpu backend (detail::StructuredFFNCommon); this adds device scratch and the kernels.
+// StructuredFFN<Up, Down> on the device backends (docs/math.md §3.7): the same API as the Cpu
+// backend's, plus a stream. SwiGLU keeps gate and up side by side in one [tokens x 2 d_ff] buffer
+// (written by one gate|up layer, or by the two layers each into its half), so the dense FFN's
+// SwiGLU kernel gates it in one pass; GELU/ReLU/SiLU ride on up's own bias pass. The orchestration
+// is shared with the Cpu backend (detail::StructuredFFNCommon); this adds device scratch and the
+// kernels.
 #pragma once
 
 #include <array>

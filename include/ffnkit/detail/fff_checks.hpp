@@ -1,5 +1,5 @@
-// Argument checks of the fast feedforward layer (SPEC §1.9), shared by every backend so that the
-// Cpu and device layers reject exactly the same inputs with exactly the same messages.
+// Argument checks of the fast feedforward layer (docs/math.md §6), shared by every backend so that
+// the Cpu and device layers reject exactly the same inputs with exactly the same messages.
 #pragma once
 
 #include <unistd.h>

@@ -1,6 +1,6 @@
-// The backend-specific steps of SelfGuided (SPEC §1.7): where the guide lives, the guide's GEMMs,
-// the blend, scaled copies and the bias gradient. SelfGuided itself is written once against this
-// interface; the Cpu steps use Eigen and the GEMM wrappers, the device steps cuBLAS and the
+// The backend-specific steps of SelfGuided (docs/math.md §5): where the guide lives, the guide's
+// GEMMs, the blend, scaled copies and the bias gradient. SelfGuided itself is written once against
+// this interface; the Cpu steps use Eigen and the GEMM wrappers, the device steps cuBLAS and the
 // structured kernels (Axpby, ColumnSum), so every backend computes the same sequence of products.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Argument checks shared by every backend's structured layers (SPEC §1.2–1.5), so the Cpu and
+// Argument checks shared by every backend's structured layers (docs/math.md §3), so the Cpu and
 // device layers reject exactly the same inputs with exactly the same messages.
 #pragma once
 

@@ -220,7 +220,7 @@ NormLinearTensors<T> norm_linear_tensors(const SafetensorsFile& f, const std::st
 }  // namespace detail
 
 // RMSNorm (γ = <norm_prefix>weight, absent for an RMSNorm without affine weight) fused into the
-// nn.Linear at <linear_prefix> (SPEC §1.10). eps is not stored in the file: pass the module's
+// nn.Linear at <linear_prefix> (docs/math.md §7). eps is not stored in the file: pass the module's
 // (its config's rms_norm_eps); the default is 1e-6.
 template <class T = float>
 RMSNormLinear<T, Cpu> load_rms_norm_linear(const SafetensorsFile& f, const std::string& norm_prefix,
@@ -232,8 +232,8 @@ RMSNormLinear<T, Cpu> load_rms_norm_linear(const SafetensorsFile& f, const std::
 }
 
 // LayerNorm (γ, β = <norm_prefix>weight, bias; either may be absent) fused into the nn.Linear at
-// <linear_prefix> (SPEC §1.10). eps is not stored in the file: pass the module's. The default is
-// nn.LayerNorm's 1e-5; BERT and UltraFastBERT use 1e-12 (layer_norm_eps in their configs).
+// <linear_prefix> (docs/math.md §7). eps is not stored in the file: pass the module's. The default
+// is nn.LayerNorm's 1e-5; BERT and UltraFastBERT use 1e-12 (layer_norm_eps in their configs).
 template <class T = float>
 LayerNormLinear<T, Cpu> load_layer_norm_linear(const SafetensorsFile& f,
                                                const std::string& norm_prefix,

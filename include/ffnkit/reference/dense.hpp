@@ -1,4 +1,4 @@
-// Naive double-precision oracles for the dense layers (SPEC §1.1). Used by tests and by the
+// Naive double-precision oracles for the dense layers (docs/math.md §2). Used by tests and by the
 // benchmark table's error column, never by the library itself. Deliberately written with plain
 // loops and the textbook formulas, independently of the optimized backends and of core/activation.
 #pragma once
@@ -53,7 +53,7 @@ inline void apply_activation(Activation a, std::vector<double>& v) {
   for (double& e : v) e = activation(a, e);
 }
 
-// y = W2 act(W1 x + b1) + b2 (SPEC §1.1). w1: [d_ff x d_in], w2: [d_out x d_ff].
+// y = W2 act(W1 x + b1) + b2 (docs/math.md §2). w1: [d_ff x d_in], w2: [d_out x d_ff].
 inline std::vector<double> ffn(const double* x, index_t tokens, index_t d_in, const double* w1,
                                const double* b1, index_t d_ff, Activation act, const double* w2,
                                const double* b2, index_t d_out) {
@@ -62,7 +62,7 @@ inline std::vector<double> ffn(const double* x, index_t tokens, index_t d_in, co
   return linear(h.data(), tokens, d_ff, w2, b2, d_out);
 }
 
-// y = W2 (SiLU(Wg x + bg) * (Wu x + bu)) + b2 (SPEC §1.1; biases optional, LLaMA has none).
+// y = W2 (SiLU(Wg x + bg) * (Wu x + bu)) + b2 (docs/math.md §2; biases optional, LLaMA has none).
 inline std::vector<double> swiglu_ffn(const double* x, index_t tokens, index_t d_in,
                                       const double* wg, const double* bg, const double* wu,
                                       const double* bu, index_t d_ff, const double* w2,

@@ -1,7 +1,7 @@
-// Naive double-precision oracle of the fast feedforward layer (SPEC §1.9), used by the tests only.
-// Written from the spec's pseudo-code with plain loops, independently of the optimized backends:
-// per token and tree, walk from the root, λ = <x, w_in[n]> + b_in[n], y += GELU(λ) w_out[n],
-// n = 2n + 1 + (λ > 0).
+// Naive double-precision oracle of the fast feedforward layer (docs/math.md §6), used by the tests
+// only. Written from the spec's pseudo-code with plain loops, independently of the optimized
+// backends: per token and tree, walk from the root, λ = <x, w_in[n]> + b_in[n], y += GELU(λ)
+// w_out[n], n = 2n + 1 + (λ > 0).
 #pragma once
 
 #include <cmath>
@@ -62,8 +62,8 @@ inline std::vector<double> fff(const FffWeights& w, const double* x, index_t tok
       for (index_t d = 0; d <= w.depth; ++d) {
         if (fixed_leaves) n = path[d];
         const index_t row = k * nodes + n;
-        // <x, w_in> first, then + b_in, as SPEC §1.9 writes it: a bias far below the terms of the
-        // dot (a tie broken by the smallest subnormal) is not absorbed into them.
+        // <x, w_in> first, then + b_in, as docs/math.md §6 writes it: a bias far below the terms of
+        // the dot (a tie broken by the smallest subnormal) is not absorbed into them.
         double dot = 0, wnorm = 0;
         for (index_t i = 0; i < N; ++i) {
           dot += xt[i] * w.w_in[row * N + i];

@@ -1,5 +1,5 @@
-// Float64 oracles for the deferred-normalization layers (SPEC §1.10), computed the plain unfused
-// way: normalize each token in double (two-pass mean and variance), then the product.
+// Float64 oracles for the deferred-normalization layers (docs/math.md §7), computed the plain
+// unfused way: normalize each token in double (two-pass mean and variance), then the product.
 #pragma once
 
 #include <algorithm>

@@ -1,12 +1,12 @@
-// Naive double-precision oracles for the structured linear layers (SPEC §1.2–1.5): forward,
+// Naive double-precision oracles for the structured linear layers (docs/math.md §3): forward,
 // backward and materialize() for LowRank, BlockDiagonal, BlockDense and BlockShuffle (Monarch).
 // Used by tests only, never by the library. Written with plain loops and the index formulas taken
-// straight from the SPEC text, independently of the optimized backends, so that a shared mistake
+// straight from docs/math.md §3, independently of the optimized backends, so that a shared mistake
 // in an index formula cannot make an optimized layer agree with its own oracle.
 //
-// Layouts (PyTorch's, SPEC §1 notation): activations x are packed row-major [tokens x N], outputs
-// [tokens x M]; every weight factor is packed row-major in the shape given at each function; a null
-// bias pointer means "no bias".
+// Layouts (PyTorch's, docs/math.md §1 notation): activations x are packed row-major [tokens x N],
+// outputs [tokens x M]; every weight factor is packed row-major in the shape given at each
+// function; a null bias pointer means "no bias".
 //
 // The backward functions take dy = dL/dy for a scalar loss L and return the gradients of L with
 // respect to x, to each weight factor (same order and layout as the forward's arguments) and to
@@ -65,7 +65,7 @@ inline std::vector<double> bias_grad(const double* dy, index_t tokens, index_t m
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
-// LowRank (SPEC §1.2): y = U (V x) + b, with v = V: [R x N], u = U: [M x R].
+// LowRank (docs/math.md §3.2): y = U (V x) + b, with v = V: [R x N], u = U: [M x R].
 // ---------------------------------------------------------------------------------------------
 
 inline std::vector<double> lowrank_forward(const double* x, index_t tokens, index_t n,
@@ -169,7 +169,7 @@ inline StructuredGrads lowrank_backward(const double* x, const double* dy, index
 }
 
 // ---------------------------------------------------------------------------------------------
-// BlockDiagonal (SPEC §1.3): B independent blocks W_b: [M/B x N/B], y_b = W_b x_b (+ b).
+// BlockDiagonal (docs/math.md §3.3): B independent blocks W_b: [M/B x N/B], y_b = W_b x_b (+ b).
 // w: [B, M/B, N/B]; block b, row i, col j at w[(b*(M/B) + i)*(N/B) + j]. x_b = x[b*N/B ..),
 // y_b = y[b*M/B ..).
 // ---------------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ namespace detail {
 inline void check_block_diagonal(const char* where, index_t n, index_t blocks, index_t m) {
   check_positive(where, "n", n);
   check_positive(where, "m", m);
-  // SPEC §1.3: B must divide both N and M.
+  // docs/math.md §3.3: B must divide both N and M.
   check_divides(where, "blocks", blocks, "n", n);
   check_divides(where, "blocks", blocks, "m", m);
 }
@@ -255,7 +255,7 @@ inline StructuredGrads block_diagonal_backward(const double* x, const double* dy
 }
 
 // ---------------------------------------------------------------------------------------------
-// BlockDense (SPEC §1.4): y = U (blockdiag(V_1..V_B) x) + b, no shuffle between the stages.
+// BlockDense (docs/math.md §3.4): y = U (blockdiag(V_1..V_B) x) + b, no shuffle between the stages.
 // v: [B, R/B, N/B] (block k maps x_k = x[k*N/B ..) to h[k*R/B ..)), u = U: [M x R].
 // ---------------------------------------------------------------------------------------------
 
@@ -379,7 +379,7 @@ inline StructuredGrads block_dense_backward(const double* x, const double* dy, i
 }
 
 // ---------------------------------------------------------------------------------------------
-// BlockShuffle / Monarch (SPEC §1.5). q = min(N, M)/B is stage 1's block output width.
+// BlockShuffle / Monarch (docs/math.md §3.5). q = min(N, M)/B is stage 1's block output width.
 //   w1: [B, q, N/B]    stage 1: z[k*q + i] = Σ_j w1[k][i][j] x[k*N/B + j]
 //   w2: [B, M/B, q]    stage 2: v_k[s] = Σ_r w2[k][s][r] u_k[r], with u_k[r] = z[r*B + k]
 //                      output:  y[s*B + k] = v_k[s] (+ b)
@@ -388,13 +388,14 @@ inline StructuredGrads block_dense_backward(const double* x, const double* dy, i
 // index maps below. Both maps live in one place so forward, backward and materialize agree.
 // ---------------------------------------------------------------------------------------------
 
-// SPEC §1.5: "Stage-2 block b takes as its input the elements b, b+B, b+2B, …" of the flattened
-// stage-1 output, so its r-th input is element r*B + b.
+// docs/math.md §3.5: "Stage-2 block b takes as its input the elements b, b+B, b+2B, …" of the
+// flattened stage-1 output, so its r-th input is element r*B + b.
 inline index_t shuffle_input_index(index_t block, index_t r, index_t blocks) {
   return r * blocks + block;
 }
 
-// SPEC §1.5: "Element s of stage-2 block b's output goes to position s·B + b" of the output.
+// docs/math.md §3.5: "Element s of stage-2 block b's output goes to position s·B + b" of the
+// output.
 inline index_t shuffle_output_index(index_t block, index_t s, index_t blocks) {
   return s * blocks + block;
 }

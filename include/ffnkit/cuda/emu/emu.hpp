@@ -1,6 +1,6 @@
-// CPU emulation of the CUDA device environment (SPEC §3, "CudaEmu"). Kernel sources written for
-// nvcc are compiled by the host compiler with -DFFNKIT_CUDA_EMU against this header and run on the
-// fiber-based thread-block executor in ffnkit/cuda/emu/executor.hpp. Kernels should include
+// CPU emulation of the CUDA device environment (docs/cuda.md, "CudaEmu"). Kernel sources written
+// for nvcc are compiled by the host compiler with -DFFNKIT_CUDA_EMU against this header and run on
+// the fiber-based thread-block executor in ffnkit/cuda/emu/executor.hpp. Kernels should include
 // ffnkit/cuda/device_compat.cuh rather than this file directly.
 #pragma once
 

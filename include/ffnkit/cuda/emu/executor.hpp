@@ -1,4 +1,4 @@
-// Thread-block executor of the CUDA emulation (SPEC §3): every block of a grid runs on one OS
+// Thread-block executor of the CUDA emulation (docs/cuda.md): every block of a grid runs on one OS
 // worker thread, every CUDA thread of the block is a fiber, and a scheduler resumes the block's
 // fibers in a configurable order between barriers so that shared-memory races change the result.
 #pragma once

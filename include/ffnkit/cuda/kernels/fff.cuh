@@ -1,4 +1,4 @@
-// The fast feedforward kernels on the device (SPEC §1.9), FlashInfer-style: XxxKernel is the
+// The fast feedforward kernels on the device (docs/math.md §6), FlashInfer-style: XxxKernel is the
 // __global__, Xxx the launcher that checks its arguments and returns a Status. Storage T is float,
 // __half or __nv_bfloat16; λ, GELU and every sum are fp32 (16-bit values are widened on load).
 //
@@ -21,7 +21,7 @@
 // T = float that is y itself, for 16-bit T a fp32 scratch converted to T once at the end, so the
 // output is rounded once instead of at every level.
 //
-// Backward (the path held fixed, SPEC §1.9's training), deterministic, no float atomics:
+// Backward (the path held fixed, docs/math.md §6's training), deterministic, no float atomics:
 //   FffBackwardTokens  a warp per token walks its recorded path (leaf to root, as the Cpu
 //                      backward): λ and <dy, w_out[n]> recomputed, g = GELU(λ) and
 //                      δ = <dy, w_out[n]> GELU'(λ) stored per (token, tree, level), dx += δ

@@ -1,4 +1,4 @@
-// The deferred-normalization kernels (SPEC §1.10) around a cuBLAS GEMM. FlashInfer-style:
+// The deferred-normalization kernels (docs/math.md §7) around a cuBLAS GEMM. FlashInfer-style:
 // XxxKernel is the __global__, Xxx the launcher that checks its arguments and returns a Status.
 //   RowStats        per-token (mean, 1/sqrt(var + ε)) in fp32 from shifted sums, one block a row
 //   NormalizeRows   out = γ ⊙ (x − μ) r + β (the unfused path, the side output); with
@@ -26,10 +26,11 @@ constexpr unsigned kSoftmaxThreads = 128;
 // The statistics of one row xr[0, cols) reduced by the whole block, shared by RowStats and
 // NormDecode: μ (0 for RMSNorm) and 1/sqrt(var + ε) (RMSNorm: mean(x²) + ε). LayerNorm uses sums
 // shifted by K = xr[0]: with d = x − K, var = mean(d²) − mean(d)², whose cancellation is bounded by
-// (x[0] − μ)²/σ², not μ²/σ² (never E[x²] − E[x]², SPEC §1.10). Each thread sums a strided slice,
-// then a warp-shuffle and a shared-memory reduction (part1, part2: 32 floats of shared memory each)
-// in a fixed order. Only thread 0 gets the result: it returns true there with *mean and *rstd set.
-// Every thread of the block must call it, and __syncthreads() before the next call (part1/part2).
+// (x[0] − μ)²/σ², not μ²/σ² (never E[x²] − E[x]², docs/math.md §7). Each thread sums a strided
+// slice, then a warp-shuffle and a shared-memory reduction (part1, part2: 32 floats of shared
+// memory each) in a fixed order. Only thread 0 gets the result: it returns true there with *mean
+// and *rstd set. Every thread of the block must call it, and __syncthreads() before the next call
+// (part1/part2).
 template <class T>
 __device__ FFNKIT_FORCEINLINE bool BlockRowStats(const T* __restrict__ xr, index_t cols,
                                                  int layer_norm, float eps, float* part1,

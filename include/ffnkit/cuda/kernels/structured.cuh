@@ -1,6 +1,7 @@
-// The elementwise and data-movement kernels of the structured layers on the device (SPEC §1.2–1.7);
-// the products themselves are cuBLAS calls. FlashInfer-style: XxxKernel is the __global__, Xxx the
-// launcher that checks its arguments and returns a Status. Raw pointers, strides and a stream.
+// The elementwise and data-movement kernels of the structured layers on the device (docs/math.md
+// §3, §5); the products themselves are cuBLAS calls. FlashInfer-style: XxxKernel is the __global__,
+// Xxx the launcher that checks its arguments and returns a Status. Raw pointers, strides and a
+// stream.
 //   TransposeBlocks  BlockShuffle's permutation (+ bias + activation on the output permutation)
 //   ColumnSum        the bias gradient Σ_t dy[t, :]
 //   Axpby            y = α x + β y + γ bias (the self-guided blend, scaled copies)
