@@ -551,11 +551,11 @@ TYPED_TEST(NormDeviceTest, RowStatsAndDecodeStatisticsAreBitExact) {
         const std::vector<T> wh = test::random_vector<T>(n * 3, 2);
         wb.upload(wh.data(), wh.size());
         typename Api::template Buffer<float> st(2 * tokens), sd(2 * tokens);
-        ASSERT_EQ(Status::kSuccess, Api::template row_stats<T>(xb.data(), tokens, n, n, ln, 1e-5f,
-                                                               st.data(), stream));
         ASSERT_EQ(Status::kSuccess,
-                  Api::template norm_decode<T>(xb.data(), n, wb.data(), yb.data(), 3, tokens, n, 3,
-                                               ln, 1e-5f, nullptr, sd.data(), stream));
+                  (cuda::RowStats<T, B>(xb.data(), tokens, n, n, ln, 1e-5f, st.data(), stream)));
+        ASSERT_EQ(Status::kSuccess,
+                  (cuda::NormDecode<T, B>(xb.data(), n, wb.data(), yb.data(), 3, tokens, n, 3, ln,
+                                          1e-5f, nullptr, sd.data(), stream)));
         const std::vector<float> got = st.to_host(), dec = sd.to_host();
         for (std::size_t i = 0; i < want.size(); ++i) {
           EXPECT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0)

@@ -8,6 +8,7 @@
 
 #include "ffnkit/core.hpp"
 #include "ffnkit/cuda/device_api.hpp"
+#include "ffnkit/cuda/launchers.hpp"
 #include "ffnkit/detail/dense_ffn_common.hpp"
 #include "ffnkit/detail/ffn_checks.hpp"
 
@@ -87,8 +88,8 @@ class DeviceDenseLinear {
     check_no_overlap(where, x, y);
     forward_no_bias(x, y, stream);
     if (has_bias())
-      throw_if_error(Api::template bias_activation<T>(y.data, bias(), y.rows, y.cols, y.row_stride,
-                                                      Activation::kIdentity, stream),
+      throw_if_error(cuda::BiasActivation<T, B>(y.data, bias(), y.rows, y.cols, y.row_stride,
+                                                Activation::kIdentity, stream),
                      where);
   }
 
@@ -186,13 +187,13 @@ class DeviceDenseFFN : public DenseFFNCommon<DenseFFN<T, B>, DenseLinear<T, B>> 
     up_.forward_no_bias(x, h, stream);
     if (gated_) {
       const T* b = up_.bias();
-      throw_if_error(Api::template swiglu<T>(hidden, b, b ? b + d_ff_ : nullptr, x.rows, d_ff_,
-                                             2 * d_ff_, stream),
-                     where);
+      throw_if_error(
+          cuda::SwiGlu<T, B>(hidden, b, b ? b + d_ff_ : nullptr, x.rows, d_ff_, 2 * d_ff_, stream),
+          where);
       down_.forward(MatrixView<const T>(hidden, x.rows, d_ff_, 2 * d_ff_), y, stream);
     } else {
       throw_if_error(
-          Api::template bias_activation<T>(hidden, up_.bias(), x.rows, d_ff_, d_ff_, act_, stream),
+          cuda::BiasActivation<T, B>(hidden, up_.bias(), x.rows, d_ff_, d_ff_, act_, stream),
           where);
       down_.forward(MatrixView<const T>(h), y, stream);
     }

@@ -1,5 +1,6 @@
-// One table per device backend (Cuda, CudaEmu) naming its runtime and launchers, so each layer's
-// device implementation is written once and instantiated for both.
+// The device runtime of each backend tag (Cuda, CudaEmu) as one type, so each layer's device
+// implementation is written once and instantiated for both. Kernels are not reached through it:
+// layers call the launchers of ffnkit/cuda/launchers.hpp directly.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,136 +8,31 @@
 
 #include <cmath>
 #include <string>
-#include <utility>
 
 #include "ffnkit/core.hpp"
 #if defined(FFNKIT_WITH_CUDA)
-#include "ffnkit/cuda/ops.hpp"
+#include "ffnkit/cuda/runtime.hpp"
 #endif
 #if defined(FFNKIT_WITH_CUDA_EMU)
-#include "ffnkit/cuda/emu/ops.hpp"
+#include "ffnkit/cuda/emu/executor.hpp"  // the schedule controls (emu::ScopedSchedule) of CudaEmu
+#include "ffnkit/cuda/emu/runtime.hpp"
 #endif
 
 namespace ffnkit {
 namespace detail {
 
+// Buffer<T>, Stream, Event, BlasHandle, Op, DataType, CopyKind; available, copy, fill_zero,
+// wait_event, gemm, gemm_strided_batched, blas (ffnkit/cuda/runtime_api.inc).
 template <class B>
 struct DeviceApi;
-
-#define FFNKIT_DEFINE_DEVICE_API(Backend, ns)                                       \
-  template <>                                                                       \
-  struct DeviceApi<Backend> {                                                       \
-    template <class T>                                                              \
-    using Buffer = ns::DeviceBuffer<T>;                                             \
-    using Stream = ns::Stream;                                                      \
-    using Event = ns::Event;                                                        \
-    using BlasHandle = ns::BlasHandle;                                              \
-    using Op = ns::Op;                                                              \
-    using DataType = ns::DataType;                                                  \
-    using CopyKind = ns::CopyKind;                                                  \
-    static bool available(std::string* why) { return ns::device_available(why); }   \
-    /* One cuBLAS handle per thread, as cuBLAS recommends; created on first use. */ \
-    static BlasHandle& blas(const Stream& stream) {                                 \
-      thread_local BlasHandle handle;                                               \
-      handle.set_stream(stream);                                                    \
-      return handle;                                                                \
-    }                                                                               \
-    template <class... A>                                                           \
-    static void gemm(A&&... a) {                                                    \
-      ns::gemm(std::forward<A>(a)...);                                              \
-    }                                                                               \
-    template <class... A>                                                           \
-    static void copy(A&&... a) {                                                    \
-      ns::copy(std::forward<A>(a)...);                                              \
-    }                                                                               \
-    static void wait_event(const Stream& stream, const Event& event) {              \
-      ns::wait_event(stream, event);                                                \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status bias_activation(A&&... a) {                                       \
-      return ns::BiasActivation<T>(std::forward<A>(a)...);                          \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status swiglu(A&&... a) {                                                \
-      return ns::SwiGlu<T>(std::forward<A>(a)...);                                  \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status transpose_blocks(A&&... a) {                                      \
-      return ns::TransposeBlocks<T>(std::forward<A>(a)...);                         \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status column_sum(A&&... a) {                                            \
-      return ns::ColumnSum<T>(std::forward<A>(a)...);                               \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status axpby(A&&... a) {                                                 \
-      return ns::Axpby<T>(std::forward<A>(a)...);                                   \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status activation_grad(A&&... a) {                                       \
-      return ns::ActivationGrad<T>(std::forward<A>(a)...);                          \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status swiglu_grad(A&&... a) {                                           \
-      return ns::SwiGluGrad<T>(std::forward<A>(a)...);                              \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status row_stats(A&&... a) {                                             \
-      return ns::RowStats<T>(std::forward<A>(a)...);                                \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status normalize_rows(A&&... a) {                                        \
-      return ns::NormalizeRows<T>(std::forward<A>(a)...);                           \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status norm_epilogue(A&&... a) {                                         \
-      return ns::NormEpilogue<T>(std::forward<A>(a)...);                            \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status softmax_v(A&&... a) {                                             \
-      return ns::SoftmaxV<T>(std::forward<A>(a)...);                                \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status softmax_rows(A&&... a) {                                          \
-      return ns::SoftmaxRows<T>(std::forward<A>(a)...);                             \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status norm_decode(A&&... a) {                                           \
-      return ns::NormDecode<T>(std::forward<A>(a)...);                              \
-    }                                                                               \
-    template <class... A>                                                           \
-    static void gemm_strided_batched(A&&... a) {                                    \
-      ns::gemm_strided_batched(std::forward<A>(a)...);                              \
-    }                                                                               \
-    template <class... A>                                                           \
-    static void fill_zero(A&&... a) {                                               \
-      ns::fill_zero(std::forward<A>(a)...);                                         \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status fff_forward(A&&... a) {                                           \
-      return ns::FffForward<T>(std::forward<A>(a)...);                              \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status fff_grouped_forward(A&&... a) {                                   \
-      return ns::FffGroupedForward<T>(std::forward<A>(a)...);                       \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status fff_backward_tokens(A&&... a) {                                   \
-      return ns::FffBackwardTokens<T>(std::forward<A>(a)...);                       \
-    }                                                                               \
-    template <class T, class... A>                                                  \
-    static Status fff_backward_nodes(A&&... a) {                                    \
-      return ns::FffBackwardNodes<T>(std::forward<A>(a)...);                        \
-    }                                                                               \
-  };
-
 #if defined(FFNKIT_WITH_CUDA)
-FFNKIT_DEFINE_DEVICE_API(Cuda, cuda)
+template <>
+struct DeviceApi<Cuda> : cuda::Runtime {};
 #endif
 #if defined(FFNKIT_WITH_CUDA_EMU)
-FFNKIT_DEFINE_DEVICE_API(CudaEmu, cuda_emu)
+template <>
+struct DeviceApi<CudaEmu> : cuda_emu::Runtime {};
 #endif
-#undef FFNKIT_DEFINE_DEVICE_API
 
 // Host-side conversions between a storage type and double (initialisation, checks, tests).
 template <class T>

@@ -21,12 +21,3 @@
   extern __shared__ __align__(16) unsigned char ffnkit_dynamic_smem_raw[]; \
   type* name = reinterpret_cast<type*>(ffnkit_dynamic_smem_raw)
 #endif
-
-// The namespace kernel sources and their launchers are compiled into: the same source is built
-// twice, once by nvcc (ffnkit::cuda) and once by the host compiler for the emulator
-// (ffnkit::cuda_emu), so both backends link into one binary without clashing.
-#if defined(FFNKIT_CUDA_EMU)
-#define FFNKIT_KERNEL_NS cuda_emu
-#else
-#define FFNKIT_KERNEL_NS cuda
-#endif

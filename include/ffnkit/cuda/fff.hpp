@@ -22,6 +22,7 @@
 #include "ffnkit/core.hpp"
 #include "ffnkit/cpu/fff.hpp"
 #include "ffnkit/cuda/device_api.hpp"
+#include "ffnkit/cuda/launchers.hpp"
 #include "ffnkit/detail/fff_checks.hpp"
 
 namespace ffnkit {
@@ -153,18 +154,17 @@ class DeviceFastFeedForward {
     const std::size_t acc_bytes =
         std::is_same<T, float>::value ? 0 : align16(static_cast<std::size_t>(x.rows) * out_ * 4);
     if (grouped) {
-      throw_if_error(Api::template fff_grouped_forward<T>(
+      throw_if_error(cuda::FffGroupedForward<T, B>(
                          x.data, x.row_stride, w_in_.data(), b_in_.data(), w_out_.data(), y.data,
                          y.row_stride, acc, out_, x.rows, in_, out_, trees_, depth_, leaves,
                          reinterpret_cast<std::int32_t*>(base + acc_bytes),
                          fff_grouped_scratch_ints(x.rows, depth_), stream),
                      where);
     } else {
-      throw_if_error(
-          Api::template fff_forward<T>(x.data, x.row_stride, w_in_.data(), b_in_.data(),
-                                       w_out_.data(), y.data, y.row_stride, acc, out_, x.rows, in_,
-                                       out_, trees_, depth_, leaves, stream),
-          where);
+      throw_if_error(cuda::FffForward<T, B>(x.data, x.row_stride, w_in_.data(), b_in_.data(),
+                                            w_out_.data(), y.data, y.row_stride, acc, out_, x.rows,
+                                            in_, out_, trees_, depth_, leaves, stream),
+                     where);
     }
     if (owned.data()) stream.synchronize();  // the owned scratch is freed on return
   }
@@ -214,16 +214,16 @@ class DeviceFastFeedForward {
     Buffer<float> dx_acc(
         std::is_same<T, float>::value || !dx.data ? 0 : static_cast<std::size_t>(tokens * in_));
     for (auto& b : grads) Api::fill_zero(b.data(), b.bytes(), stream);
-    throw_if_error(Api::template fff_backward_tokens<T>(
+    throw_if_error(cuda::FffBackwardTokens<T, B>(
                        x.data, x.row_stride, dy.data, dy.row_stride, w_in_.data(), b_in_.data(),
                        w_out_.data(), leaves, dx.data, dx.row_stride, dx_acc.data(), in_, g.data(),
                        dl.data(), tokens, in_, out_, trees_, depth_, stream),
                    where);
     throw_if_error(
-        Api::template fff_backward_nodes<T>(
-            x.data, x.row_stride, dy.data, dy.row_stride, g.data(), dl.data(), vrows_d.data(),
-            start_d.data(), order_d.data(), static_cast<index_t>(vrows.size()), in_, out_, per,
-            grads[0].data(), grads[1].data(), grads[2].data(), stream),
+        cuda::FffBackwardNodes<T, B>(x.data, x.row_stride, dy.data, dy.row_stride, g.data(),
+                                     dl.data(), vrows_d.data(), start_d.data(), order_d.data(),
+                                     static_cast<index_t>(vrows.size()), in_, out_, per,
+                                     grads[0].data(), grads[1].data(), grads[2].data(), stream),
         where);
     stream.synchronize();  // the scratch buffers are freed on return
   }

@@ -27,6 +27,7 @@
 
 #include "ffnkit/core.hpp"
 #include "ffnkit/cuda/device_api.hpp"
+#include "ffnkit/cuda/launchers.hpp"
 
 namespace ffnkit {
 namespace detail {
@@ -109,16 +110,15 @@ class DeviceNormLinear {
     if (tokens <= kDecodeTokens) {
       // Decode: statistics and GEMV in one kernel, μ subtracted in registers (no μ c term, so
       // no centering pass and no readback whatever the threshold).
-      throw_if_error(
-          Api::template norm_decode<T>(x.data, x.row_stride, wf_.data(), y.data, y.row_stride,
-                                       tokens, in_, out_, kLayerNorm, static_cast<float>(eps_),
-                                       has_bias_ ? bf_.data() : nullptr, s.stats, stream),
-          where);
+      throw_if_error(cuda::NormDecode<T, B>(x.data, x.row_stride, wf_.data(), y.data, y.row_stride,
+                                            tokens, in_, out_, kLayerNorm, static_cast<float>(eps_),
+                                            has_bias_ ? bf_.data() : nullptr, s.stats, stream),
+                     where);
       if (normalized.data)
         throw_if_error(
-            Api::template normalize_rows<T>(x.data, x.row_stride, normalized.data,
-                                            normalized.row_stride, tokens, in_, s.stats, g_.data(),
-                                            kLayerNorm ? be_.data() : nullptr, true, stream),
+            cuda::NormalizeRows<T, B>(x.data, x.row_stride, normalized.data, normalized.row_stride,
+                                      tokens, in_, s.stats, g_.data(),
+                                      kLayerNorm ? be_.data() : nullptr, true, stream),
             where);
       if (s.owned.data()) stream.synchronize();
       return;
@@ -126,11 +126,11 @@ class DeviceNormLinear {
     // The statistics (and the side output, which needs only them) on `on`: the caller's stream,
     // or the secondary one while the GEMM runs.
     auto stats_work = [&](const Stream& on) {
-      throw_if_error(Api::template row_stats<T>(x.data, tokens, in_, x.row_stride, kLayerNorm,
-                                                static_cast<float>(eps_), s.stats, on),
+      throw_if_error(cuda::RowStats<T, B>(x.data, tokens, in_, x.row_stride, kLayerNorm,
+                                          static_cast<float>(eps_), s.stats, on),
                      where);
       if (normalized.data)
-        throw_if_error(Api::template normalize_rows<T>(
+        throw_if_error(cuda::NormalizeRows<T, B>(
                            x.data, x.row_stride, normalized.data, normalized.row_stride, tokens,
                            in_, s.stats, g_.data(), kLayerNorm ? be_.data() : nullptr, true, on),
                        where);
@@ -156,11 +156,10 @@ class DeviceNormLinear {
       gemm(where, x, wf_.data(), acc, kFloatAcc, acc_ld, stream);
       // Join: the epilogue (and everything the caller queues after it) waits for the statistics.
       Api::wait_event(stream, side.join);
-      throw_if_error(
-          Api::template norm_epilogue<T>(acc, kFloatAcc, acc_ld, y.data, y.row_stride, tokens, out_,
-                                         s.stats, kLayerNorm ? c_.data() : nullptr,
-                                         has_bias_ ? bf_.data() : nullptr, stream),
-          where);
+      throw_if_error(cuda::NormEpilogue<T, B>(acc, kFloatAcc, acc_ld, y.data, y.row_stride, tokens,
+                                              out_, s.stats, kLayerNorm ? c_.data() : nullptr,
+                                              has_bias_ ? bf_.data() : nullptr, stream),
+                     where);
       if (s.owned.data()) stream.synchronize();  // the owned scratch is freed on return
       return;
     }
@@ -177,19 +176,18 @@ class DeviceNormLinear {
       for (index_t t = 0; t < tokens; ++t)
         worst = std::max(worst, std::abs(st[2 * t]) * st[2 * t + 1]);
       if (static_cast<double>(worst) > center_threshold_) {
-        throw_if_error(
-            Api::template normalize_rows<T>(x.data, x.row_stride, s.copy, in_, tokens, in_, s.stats,
-                                            nullptr, nullptr, false, stream),
-            where);
+        throw_if_error(cuda::NormalizeRows<T, B>(x.data, x.row_stride, s.copy, in_, tokens, in_,
+                                                 s.stats, nullptr, nullptr, false, stream),
+                       where);
         input = MatrixView<const T>(s.copy, tokens, in_);
         centered = true;
       }
     }
     gemm(where, input, wf_.data(), acc, kFloatAcc, acc_ld, stream);
     throw_if_error(
-        Api::template norm_epilogue<T>(acc, kFloatAcc, acc_ld, y.data, y.row_stride, tokens, out_,
-                                       s.stats, kLayerNorm && !centered ? c_.data() : nullptr,
-                                       has_bias_ ? bf_.data() : nullptr, stream),
+        cuda::NormEpilogue<T, B>(acc, kFloatAcc, acc_ld, y.data, y.row_stride, tokens, out_,
+                                 s.stats, kLayerNorm && !centered ? c_.data() : nullptr,
+                                 has_bias_ ? bf_.data() : nullptr, stream),
         where);
     if (s.owned.data()) stream.synchronize();  // the owned scratch is freed on return
   }
@@ -205,17 +203,17 @@ class DeviceNormLinear {
     const index_t tokens = x.rows;
     Scratch s = scratch(where, workspace, tokens);
     const MatrixView<T> xn = normalized.data ? normalized : MatrixView<T>(s.copy, tokens, in_, in_);
-    throw_if_error(Api::template row_stats<T>(x.data, tokens, in_, x.row_stride, kLayerNorm,
-                                              static_cast<float>(eps_), s.stats, stream),
+    throw_if_error(cuda::RowStats<T, B>(x.data, tokens, in_, x.row_stride, kLayerNorm,
+                                        static_cast<float>(eps_), s.stats, stream),
                    where);
-    throw_if_error(Api::template normalize_rows<T>(x.data, x.row_stride, xn.data, xn.row_stride,
-                                                   tokens, in_, s.stats, g_.data(),
-                                                   kLayerNorm ? be_.data() : nullptr, true, stream),
+    throw_if_error(cuda::NormalizeRows<T, B>(x.data, x.row_stride, xn.data, xn.row_stride, tokens,
+                                             in_, s.stats, g_.data(),
+                                             kLayerNorm ? be_.data() : nullptr, true, stream),
                    where);
     gemm(where, MatrixView<const T>(xn), w_.data(), y.data, false, y.row_stride, stream);
     if (b_.data())
-      throw_if_error(Api::template bias_activation<T>(y.data, b_.data(), tokens, out_, y.row_stride,
-                                                      Activation::kIdentity, stream),
+      throw_if_error(cuda::BiasActivation<T, B>(y.data, b_.data(), tokens, out_, y.row_stride,
+                                                Activation::kIdentity, stream),
                      where);
     if (s.owned.data()) stream.synchronize();
   }
@@ -381,10 +379,10 @@ class DeviceSoftmaxLinear {
                const Stream& stream = Stream()) const {
     constexpr const char* where = "SoftmaxLinear::forward";
     check_io(where, s, v, y, mask);
-    throw_if_error(Api::template softmax_v<T>(s.data, s.row_stride, mask.data, mask.row_stride,
-                                              v.data, v.row_stride, y.data, y.row_stride, s.rows,
-                                              s.cols, v.cols, stream),
-                   where);
+    throw_if_error(
+        cuda::SoftmaxV<T, B>(s.data, s.row_stride, mask.data, mask.row_stride, v.data, v.row_stride,
+                             y.data, y.row_stride, s.rows, s.cols, v.cols, stream),
+        where);
   }
 
   // The three-pass reference: P = softmax(s + mask) into a [queries x keys] buffer (the workspace,
@@ -407,8 +405,8 @@ class DeviceSoftmaxLinear {
       owned = typename Api::template Buffer<T>(need / sizeof(T));
       p = owned.data();
     }
-    throw_if_error(Api::template softmax_rows<T>(s.data, s.row_stride, mask.data, mask.row_stride,
-                                                 p, keys, q, keys, stream),
+    throw_if_error(cuda::SoftmaxRows<T, B>(s.data, s.row_stride, mask.data, mask.row_stride, p,
+                                           keys, q, keys, stream),
                    where);
     // Row-major y = P V is column-major y^T (dim x q) = V^T (dim x keys, V's buffer as is) P^T.
     using Op = typename Api::Op;

@@ -14,6 +14,7 @@
 #include "ffnkit/core.hpp"
 #include "ffnkit/cpu/structured.hpp"
 #include "ffnkit/cuda/device_api.hpp"
+#include "ffnkit/cuda/launchers.hpp"
 #include "ffnkit/detail/structured_checks.hpp"
 
 namespace ffnkit {
@@ -220,7 +221,7 @@ class DeviceStructuredBase {
                        const Stream& stream) const {
     if (!has_bias() && act == Activation::kIdentity) return;
     throw_if_error(
-        Api::template bias_activation<T>(y.data, bias(), y.rows, y.cols, y.row_stride, act, stream),
+        cuda::BiasActivation<T, B>(y.data, bias(), y.rows, y.cols, y.row_stride, act, stream),
         where);
   }
 
@@ -228,8 +229,8 @@ class DeviceStructuredBase {
   void bias_backward(const char* where, const MatrixView<const T>& dy, Grads& grads,
                      const Stream& stream) const {
     if (has_bias())
-      throw_if_error(Api::template column_sum<T>(dy.data, dy.rows, dy.cols, dy.row_stride,
-                                                 grads.back().data(), stream),
+      throw_if_error(cuda::ColumnSum<T, B>(dy.data, dy.rows, dy.cols, dy.row_stride,
+                                           grads.back().data(), stream),
                      where);
   }
 
@@ -623,8 +624,8 @@ class DeviceBlockShuffleLinear : public detail::DeviceStructuredBase<T, B> {
       Base::block_xwt(where, MatrixView<const T>(zp), w2_.data(), blocks_, v, stream);
       // y[t, i B + b] = act(v[t, b s + i] + bias): each v row is a [B x s] matrix, transposed.
       throw_if_error(
-          Api::template transpose_blocks<T>(v.data, v.row_stride, y.data, y.row_stride, t, blocks_,
-                                            this->out_ / blocks_, this->bias(), act, stream),
+          cuda::TransposeBlocks<T, B>(v.data, v.row_stride, y.data, y.row_stride, t, blocks_,
+                                      this->out_ / blocks_, this->bias(), act, stream),
           where);
     }
     if (owned.data()) stream.synchronize();
@@ -645,8 +646,8 @@ class DeviceBlockShuffleLinear : public detail::DeviceStructuredBase<T, B> {
     if (blocks_ > 1) {
       // dv[t, b s + i] = dy[t, i B + b]: each dy row is an [s x B] matrix, transposed.
       throw_if_error(
-          Api::template transpose_blocks<T>(dy.data, dy.row_stride, dv.data, dv.row_stride, t, s,
-                                            blocks_, nullptr, Activation::kIdentity, stream),
+          cuda::TransposeBlocks<T, B>(dy.data, dy.row_stride, dv.data, dv.row_stride, t, s, blocks_,
+                                      nullptr, Activation::kIdentity, stream),
           where);
       dvc = MatrixView<const T>(dv);
     }
@@ -656,8 +657,8 @@ class DeviceBlockShuffleLinear : public detail::DeviceStructuredBase<T, B> {
     MatrixView<const T> dzc(z);
     if (blocks_ > 1) {
       throw_if_error(
-          Api::template transpose_blocks<T>(z.data, z.row_stride, dz.data, dz.row_stride, t,
-                                            blocks_, q_, nullptr, Activation::kIdentity, stream),
+          cuda::TransposeBlocks<T, B>(z.data, z.row_stride, dz.data, dz.row_stride, t, blocks_, q_,
+                                      nullptr, Activation::kIdentity, stream),
           where);
       dzc = MatrixView<const T>(dz);
     }
@@ -693,10 +694,9 @@ class DeviceBlockShuffleLinear : public detail::DeviceStructuredBase<T, B> {
       return;
     }
     Base::block_xwt(where, x, w1_.data(), blocks_, z, stream);
-    throw_if_error(
-        Api::template transpose_blocks<T>(z.data, z.row_stride, zp.data, zp.row_stride, x.rows, q_,
-                                          blocks_, nullptr, Activation::kIdentity, stream),
-        where);
+    throw_if_error(cuda::TransposeBlocks<T, B>(z.data, z.row_stride, zp.data, zp.row_stride, x.rows,
+                                               q_, blocks_, nullptr, Activation::kIdentity, stream),
+                   where);
   }
 
   index_t blocks_ = 0;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ffnkit/core.hpp"
+#include "ffnkit/cuda/launchers.hpp"
 #include "ffnkit/cuda/structured.hpp"
 #include "ffnkit/detail/structured_ffn_common.hpp"
 
@@ -75,11 +76,10 @@ class DeviceStructuredFFN : public StructuredFFNCommon<Up, Down, Derived> {
 
   // h = act(h), or for SwiGLU SiLU(gate) * up over the gate half of h = gate | up.
   void activate(const MatrixView<T>& h, const Stream& stream) const {
-    throw_if_error(this->gated()
-                       ? Api::template swiglu<T>(h.data, nullptr, nullptr, h.rows, h.cols / 2,
-                                                 h.row_stride, stream)
-                       : Api::template bias_activation<T>(h.data, nullptr, h.rows, h.cols,
-                                                          h.row_stride, this->act_, stream),
+    throw_if_error(this->gated() ? cuda::SwiGlu<T, B>(h.data, nullptr, nullptr, h.rows, h.cols / 2,
+                                                      h.row_stride, stream)
+                                 : cuda::BiasActivation<T, B>(h.data, nullptr, h.rows, h.cols,
+                                                              h.row_stride, this->act_, stream),
                    kWhere);
   }
 
@@ -87,13 +87,13 @@ class DeviceStructuredFFN : public StructuredFFNCommon<Up, Down, Derived> {
   void hidden_grad(const MatrixView<T>& dh, const MatrixView<const T>& pre,
                    const Stream& stream) const {
     const index_t f = this->d_ff();
-    throw_if_error(this->gated() ? Api::template swiglu_grad<T>(
-                                       dh.data + f, dh.row_stride, pre.data, pre.data + f,
-                                       pre.row_stride, dh.data, dh.row_stride, dh.rows, f, stream)
-                                 : Api::template activation_grad<T>(dh.data, dh.row_stride,
-                                                                    pre.data, pre.row_stride,
-                                                                    dh.rows, f, this->act_, stream),
-                   kWhere);
+    throw_if_error(
+        this->gated()
+            ? cuda::SwiGluGrad<T, B>(dh.data + f, dh.row_stride, pre.data, pre.data + f,
+                                     pre.row_stride, dh.data, dh.row_stride, dh.rows, f, stream)
+            : cuda::ActivationGrad<T, B>(dh.data, dh.row_stride, pre.data, pre.row_stride, dh.rows,
+                                         f, this->act_, stream),
+        kWhere);
   }
 
   // dst = src (beta 0) and dst += src (beta 1).
@@ -106,8 +106,8 @@ class DeviceStructuredFFN : public StructuredFFNCommon<Up, Down, Derived> {
   }
   static void axpby(const MatrixView<const T>& src, const MatrixView<T>& dst, float beta,
                     const Stream& stream) {
-    throw_if_error(Api::template axpby<T>(src.data, src.row_stride, dst.data, dst.row_stride,
-                                          src.rows, src.cols, 1.0f, beta, nullptr, 0.0f, stream),
+    throw_if_error(cuda::Axpby<T, B>(src.data, src.row_stride, dst.data, dst.row_stride, src.rows,
+                                     src.cols, 1.0f, beta, nullptr, 0.0f, stream),
                    kWhere);
   }
 

@@ -12,6 +12,9 @@
 #include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/structured_ops.hpp"
 #include "ffnkit/structured.hpp"
+#if defined(FFNKIT_WITH_CUDA) || defined(FFNKIT_WITH_CUDA_EMU)
+#include "ffnkit/cuda/launchers.hpp"
+#endif
 
 namespace ffnkit {
 namespace detail {
@@ -133,8 +136,8 @@ struct SelfGuidedDeviceOps : DeviceStructuredBase<T, B> {
                             const Stream& stream) {
     Base::gemm_xwt(where, x, w, out, y, 0.0f, stream);
     if (bias)
-      throw_if_error(Api::template bias_activation<T>(y.data, bias, y.rows, y.cols, y.row_stride,
-                                                      Activation::kIdentity, stream),
+      throw_if_error(cuda::BiasActivation<T, B>(y.data, bias, y.rows, y.cols, y.row_stride,
+                                                Activation::kIdentity, stream),
                      where);
   }
   static void dense_backward(const char* where, const MatrixView<const T>& x,
@@ -145,23 +148,22 @@ struct SelfGuidedDeviceOps : DeviceStructuredBase<T, B> {
   static void blend(const char* where, const MatrixView<T>& y, const MatrixView<const T>& s,
                     double a, const T* bias, const Stream& stream) {
     // One pass, in fp32: y = (1 − a) s + a y + a b.
-    throw_if_error(
-        Api::template axpby<T>(s.data, s.row_stride, y.data, y.row_stride, y.rows, y.cols,
-                               static_cast<float>(1.0 - a), static_cast<float>(a), bias,
-                               static_cast<float>(a), stream),
-        where);
+    throw_if_error(cuda::Axpby<T, B>(s.data, s.row_stride, y.data, y.row_stride, y.rows, y.cols,
+                                     static_cast<float>(1.0 - a), static_cast<float>(a), bias,
+                                     static_cast<float>(a), stream),
+                   where);
   }
   static void scale(const char* where, const MatrixView<T>& dst, const MatrixView<const T>& src,
                     double factor, const Stream& stream) {
-    throw_if_error(Api::template axpby<T>(src.data, src.row_stride, dst.data, dst.row_stride,
-                                          dst.rows, dst.cols, static_cast<float>(factor), 0.0f,
-                                          static_cast<const T*>(nullptr), 0.0f, stream),
-                   where);
+    throw_if_error(
+        cuda::Axpby<T, B>(src.data, src.row_stride, dst.data, dst.row_stride, dst.rows, dst.cols,
+                          static_cast<float>(factor), 0.0f, nullptr, 0.0f, stream),
+        where);
   }
   static void bias_grad(const char* where, const MatrixView<const T>& dy, T* out,
                         const Stream& stream) {
-    throw_if_error(
-        Api::template column_sum<T>(dy.data, dy.rows, dy.cols, dy.row_stride, out, stream), where);
+    throw_if_error(cuda::ColumnSum<T, B>(dy.data, dy.rows, dy.cols, dy.row_stride, out, stream),
+                   where);
   }
 };
 

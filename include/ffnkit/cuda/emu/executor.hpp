@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "ffnkit/core/error.hpp"
+#include "ffnkit/cuda/limits.hpp"
 
 namespace ffnkit::emu {
 
@@ -53,15 +54,13 @@ class ScopedSchedule {
   EmuSettings saved_;
 };
 
-// Launch limits checked by run_grid (those of sm_80 / sm_90).
-inline constexpr unsigned kMaxThreadsPerBlock = 1024;
-inline constexpr unsigned kMaxBlockDimXY = 1024;
-inline constexpr unsigned kMaxBlockDimZ = 64;
-inline constexpr unsigned kMaxGridDimX = 2147483647u;
-inline constexpr unsigned kMaxGridDimYZ = 65535;
-// 48 KiB: what a launch gets on a GPU unless the kernel opts in with cudaFuncSetAttribute, which
-// the emulator does not model; a kernel that fits here fits on every supported device.
-inline constexpr std::size_t kMaxDynamicSmemBytes = 48 * 1024;
+// Launch limits checked by run_grid: the hardware's (ffnkit/cuda/limits.hpp).
+using cuda::kMaxBlockDimXY;
+using cuda::kMaxBlockDimZ;
+using cuda::kMaxDynamicSmemBytes;
+using cuda::kMaxGridDimX;
+using cuda::kMaxGridDimYZ;
+using cuda::kMaxThreadsPerBlock;
 
 // Validates the launch like the CUDA runtime (throws ffnkit::Error naming the bad dimension and its
 // value), then runs `thread_body` once per CUDA thread of every block. Returns when all blocks have

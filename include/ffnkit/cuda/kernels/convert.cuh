@@ -1,11 +1,13 @@
-// fp32 <-> storage type conversions usable in kernels (nvcc) and under the emulator (host).
+// fp32 <-> storage type conversions usable in kernels (nvcc) and under the emulator (host); in an
+// unnamed namespace like everything of the kernel sources but the launchers (launch.cuh).
 #pragma once
 
 #include "ffnkit/core/macros.hpp"
 #include "ffnkit/cuda/device_compat.cuh"
 
 namespace ffnkit {
-namespace FFNKIT_KERNEL_NS {
+namespace cuda {
+namespace {
 
 template <class T>
 struct Convert;
@@ -37,5 +39,6 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-}  // namespace FFNKIT_KERNEL_NS
+}  // namespace
+}  // namespace cuda
 }  // namespace ffnkit

@@ -1,6 +1,8 @@
 // The fused epilogues after a cuBLAS GEMM: bias + activation in place, and SwiGLU's gate.
-// FlashInfer-style: XxxKernel is the __global__, Xxx the launcher that checks its arguments and
-// returns a Status. Raw pointers, strides and a stream; no framework types.
+// FlashInfer-style: XxxKernel is the __global__, Xxx the launcher (FFNKIT_EPILOGUE_LAUNCHERS,
+// ffnkit/cuda/launchers.hpp) that checks its arguments and returns a Status; all but the launchers
+// is internal to the translation unit (launch.cuh). Raw pointers, strides and a stream; no
+// framework types.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +14,8 @@
 #include "ffnkit/cuda/launch.cuh"
 
 namespace ffnkit {
-namespace FFNKIT_KERNEL_NS {
+namespace cuda {
+namespace {
 
 constexpr unsigned kEpilogueThreads = 256;
 
@@ -74,8 +77,6 @@ __global__ void SwiGluKernel(T* __restrict__ gate_up, const T* __restrict__ gate
   }
 }
 
-namespace detail {
-
 // The widest vector (up to 16 bytes) that every row start, the bias and the width allow.
 template <class T>
 int vector_width(const void* base, index_t cols, index_t row_stride, const void* bias) {
@@ -90,13 +91,7 @@ int vector_width(const void* base, index_t cols, index_t row_stride, const void*
 }
 
 inline dim3 epilogue_grid(index_t rows, index_t vec_cols) {
-  const unsigned x = grid_blocks(vec_cols, kEpilogueThreads);
-#if defined(FFNKIT_CUDA_EMU)
-  const index_t max_y = 4;
-#else
-  const index_t max_y = 65535;
-#endif
-  return dim3(x, static_cast<unsigned>(rows < max_y ? rows : max_y), 1);
+  return grid_rows(grid_blocks(vec_cols, kEpilogueThreads), rows);
 }
 
 inline Status check_epilogue_args(const void* h, index_t rows, index_t cols, index_t row_stride) {
@@ -104,64 +99,61 @@ inline Status check_epilogue_args(const void* h, index_t rows, index_t cols, ind
   return Status::kSuccess;
 }
 
-}  // namespace detail
+}  // namespace
 
 // h = act(h + bias) in place on a [rows x cols] device matrix with row stride `row_stride`
 // (elements); bias: [cols] or null.
-template <class T>
+template <class T, class B>
 Status BiasActivation(T* h, const T* bias, index_t rows, index_t cols, index_t row_stride,
-                      Activation act, const Stream& stream) {
-  const Status s = detail::check_epilogue_args(h, rows, cols, row_stride);
+                      Activation act, const StreamOf<B>& stream) {
+  const Status s = check_epilogue_args(h, rows, cols, row_stride);
   if (s != Status::kSuccess) return s;
-  const int vec = detail::vector_width<T>(h, cols, row_stride, bias);
+  const int vec = vector_width<T>(h, cols, row_stride, bias);
   return dispatch_activation(act, [&](auto fn) -> Status {
     const dim3 block(kEpilogueThreads);
     switch (vec) {
       case 8:
-        return launch(BiasActivationKernel<T, 8, decltype(fn)>,
-                      detail::epilogue_grid(rows, cols / 8), block, 0, stream, h, bias, rows, cols,
-                      row_stride, fn);
-      case 4:
-        return launch(BiasActivationKernel<T, 4, decltype(fn)>,
-                      detail::epilogue_grid(rows, cols / 4), block, 0, stream, h, bias, rows, cols,
-                      row_stride, fn);
-      case 2:
-        return launch(BiasActivationKernel<T, 2, decltype(fn)>,
-                      detail::epilogue_grid(rows, cols / 2), block, 0, stream, h, bias, rows, cols,
-                      row_stride, fn);
-      default:
-        return launch(BiasActivationKernel<T, 1, decltype(fn)>, detail::epilogue_grid(rows, cols),
+        return launch(BiasActivationKernel<T, 8, decltype(fn)>, epilogue_grid(rows, cols / 8),
                       block, 0, stream, h, bias, rows, cols, row_stride, fn);
+      case 4:
+        return launch(BiasActivationKernel<T, 4, decltype(fn)>, epilogue_grid(rows, cols / 4),
+                      block, 0, stream, h, bias, rows, cols, row_stride, fn);
+      case 2:
+        return launch(BiasActivationKernel<T, 2, decltype(fn)>, epilogue_grid(rows, cols / 2),
+                      block, 0, stream, h, bias, rows, cols, row_stride, fn);
+      default:
+        return launch(BiasActivationKernel<T, 1, decltype(fn)>, epilogue_grid(rows, cols), block, 0,
+                      stream, h, bias, rows, cols, row_stride, fn);
     }
   });
 }
 
 // SwiGLU's gate in place on a [rows x 2 d_ff] device buffer (row stride `row_stride`); both biases
 // or neither.
-template <class T>
+template <class T, class B>
 Status SwiGlu(T* gate_up, const T* gate_bias, const T* up_bias, index_t rows, index_t d_ff,
-              index_t row_stride, const Stream& stream) {
-  const Status s = detail::check_epilogue_args(gate_up, rows, 2 * d_ff, row_stride);
+              index_t row_stride, const StreamOf<B>& stream) {
+  const Status s = check_epilogue_args(gate_up, rows, 2 * d_ff, row_stride);
   if (s != Status::kSuccess) return s;
   if ((gate_bias == nullptr) != (up_bias == nullptr)) return Status::kInvalidArgument;
-  int vec = detail::vector_width<T>(gate_up, d_ff, row_stride, gate_bias);
+  int vec = vector_width<T>(gate_up, d_ff, row_stride, gate_bias);
   while (vec > 1 && reinterpret_cast<std::uintptr_t>(up_bias) % (sizeof(T) * vec) != 0) vec /= 2;
   const dim3 block(kEpilogueThreads);
   switch (vec) {
     case 8:
-      return launch(SwiGluKernel<T, 8>, detail::epilogue_grid(rows, d_ff / 8), block, 0, stream,
-                    gate_up, gate_bias, up_bias, rows, d_ff, row_stride);
+      return launch(SwiGluKernel<T, 8>, epilogue_grid(rows, d_ff / 8), block, 0, stream, gate_up,
+                    gate_bias, up_bias, rows, d_ff, row_stride);
     case 4:
-      return launch(SwiGluKernel<T, 4>, detail::epilogue_grid(rows, d_ff / 4), block, 0, stream,
-                    gate_up, gate_bias, up_bias, rows, d_ff, row_stride);
+      return launch(SwiGluKernel<T, 4>, epilogue_grid(rows, d_ff / 4), block, 0, stream, gate_up,
+                    gate_bias, up_bias, rows, d_ff, row_stride);
     case 2:
-      return launch(SwiGluKernel<T, 2>, detail::epilogue_grid(rows, d_ff / 2), block, 0, stream,
-                    gate_up, gate_bias, up_bias, rows, d_ff, row_stride);
+      return launch(SwiGluKernel<T, 2>, epilogue_grid(rows, d_ff / 2), block, 0, stream, gate_up,
+                    gate_bias, up_bias, rows, d_ff, row_stride);
     default:
-      return launch(SwiGluKernel<T, 1>, detail::epilogue_grid(rows, d_ff), block, 0, stream,
-                    gate_up, gate_bias, up_bias, rows, d_ff, row_stride);
+      return launch(SwiGluKernel<T, 1>, epilogue_grid(rows, d_ff), block, 0, stream, gate_up,
+                    gate_bias, up_bias, rows, d_ff, row_stride);
   }
 }
 
-}  // namespace FFNKIT_KERNEL_NS
+}  // namespace cuda
 }  // namespace ffnkit

@@ -1,6 +1,8 @@
 // The fast feedforward kernels on the device (docs/math.md §6), FlashInfer-style: XxxKernel is the
-// __global__, Xxx the launcher that checks its arguments and returns a Status. Storage T is float,
-// __half or __nv_bfloat16; λ, GELU and every sum are fp32 (16-bit values are widened on load).
+// __global__, Xxx the launcher (FFNKIT_FFF_LAUNCHERS, ffnkit/cuda/launchers.hpp) that checks its
+// arguments and returns a Status; all but the launchers is internal to the translation unit
+// (launch.cuh). Storage T is float, __half or __nv_bfloat16; λ, GELU and every sum are fp32
+// (16-bit values are widened on load).
 //
 // Forward, two modes that give the same paths bit for bit (and in fp32 the same y):
 //   FffForward         a warp per token (grid-stride over tokens). Per tree and level the warp
@@ -42,7 +44,8 @@
 #include "ffnkit/detail/fff_checks.hpp"
 
 namespace ffnkit {
-namespace FFNKIT_KERNEL_NS {
+namespace cuda {
+namespace {
 
 constexpr unsigned kFffWarpsPerBlock = 4;
 // Tokens of one node handled by one block of the grouped kernel per load of the node's rows.
@@ -146,7 +149,8 @@ __global__ void FffWalkKernel(const T* __restrict__ x, index_t x_stride, const T
 // Every token at the root: node = 0, count[0] = tokens (the rest of count is zero already: the
 // scan of every level leaves count[0, 2^(d+1)) zeroed, and the first tree's is zeroed by the
 // launcher's first scan).
-// (The int32 helpers are templates on their index type only so the header can define them.)
+// (The int32 helpers are templates on their index type so that, like every kernel here, they are
+// compiled only where launched.)
 template <class I>
 __global__ void FffGroupInitKernel(I* node, index_t tokens, I* count) {
   for (index_t t = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < tokens;
@@ -360,13 +364,11 @@ __global__ void FffBackwardNodesKernel(
   }
 }
 
-// ---- launchers ---------------------------------------------------------------------------------
-
-namespace fff_detail {
 inline bool bad_shape(index_t tokens, index_t in, index_t out, index_t trees, index_t depth) {
   return tokens <= 0 || in <= 0 || out <= 0 || trees <= 0 || depth < 0 ||
          depth > ::ffnkit::detail::kFffMaxDepth;
 }
+
 // The fp32 accumulator: `acc` when given, else the output itself, which only T = float allows.
 template <class T>
 bool resolve_acc(T* y, index_t y_stride, float*& acc, index_t& acc_stride) {
@@ -376,17 +378,20 @@ bool resolve_acc(T* y, index_t y_stride, float*& acc, index_t& acc_stride) {
   acc_stride = y_stride;
   return true;
 }
-}  // namespace fff_detail
 
-template <class T>
+}  // namespace
+
+// ---- launchers ---------------------------------------------------------------------------------
+
+template <class T, class B>
 Status FffForward(const T* x, index_t x_stride, const T* w_in, const T* b_in, const T* w_out, T* y,
                   index_t y_stride, float* acc, index_t acc_stride, index_t tokens, index_t in,
                   index_t out, index_t trees, index_t depth, std::int32_t* leaves,
-                  const Stream& stream) {
+                  const StreamOf<B>& stream) {
   if (!x || !w_in || !b_in || !w_out || !y) return Status::kInvalidArgument;
-  if (fff_detail::bad_shape(tokens, in, out, trees, depth) || x_stride < in || y_stride < out)
+  if (bad_shape(tokens, in, out, trees, depth) || x_stride < in || y_stride < out)
     return Status::kInvalidArgument;
-  if (!fff_detail::resolve_acc(y, y_stride, acc, acc_stride) || acc_stride < out)
+  if (!resolve_acc(y, y_stride, acc, acc_stride) || acc_stride < out)
     return Status::kInvalidArgument;
   const unsigned threads = 32 * kFffWarpsPerBlock;
   const unsigned blocks = grid_blocks(tokens, kFffWarpsPerBlock);
@@ -394,19 +399,19 @@ Status FffForward(const T* x, index_t x_stride, const T* w_in, const T* b_in, co
                 b_in, w_out, y, y_stride, acc, acc_stride, tokens, in, out, trees, depth, leaves);
 }
 
-template <class T>
+template <class T, class B>
 Status FffGroupedForward(const T* x, index_t x_stride, const T* w_in, const T* b_in, const T* w_out,
                          T* y, index_t y_stride, float* acc, index_t acc_stride, index_t tokens,
                          index_t in, index_t out, index_t trees, index_t depth,
                          std::int32_t* leaves, std::int32_t* scratch, index_t scratch_ints,
-                         const Stream& stream) {
+                         const StreamOf<B>& stream) {
   if (!x || !w_in || !b_in || !w_out || !y || !scratch) return Status::kInvalidArgument;
-  if (fff_detail::bad_shape(tokens, in, out, trees, depth) || x_stride < in || y_stride < out ||
+  if (bad_shape(tokens, in, out, trees, depth) || x_stride < in || y_stride < out ||
       in + out > ::ffnkit::detail::kFffGroupedMaxWidth ||
       scratch_ints < ::ffnkit::detail::fff_grouped_scratch_ints(tokens, depth))
     return Status::kInvalidArgument;
   const bool separate_acc = acc != nullptr;
-  if (!fff_detail::resolve_acc(y, y_stride, acc, acc_stride) || acc_stride < out)
+  if (!resolve_acc(y, y_stride, acc, acc_stride) || acc_stride < out)
     return Status::kInvalidArgument;
   const index_t leaves_count = index_t(1) << depth, nodes = (index_t(2) << depth) - 1;
   std::int32_t* node = scratch;
@@ -454,18 +459,18 @@ Status FffGroupedForward(const T* x, index_t x_stride, const T* w_in, const T* b
   return s;
 }
 
-template <class T>
+template <class T, class B>
 Status FffBackwardTokens(const T* x, index_t x_stride, const T* dy, index_t dy_stride,
                          const T* w_in, const T* b_in, const T* w_out, const std::int32_t* leaves,
                          T* dx, index_t dx_stride, float* dx_acc, index_t dx_acc_stride, float* g,
                          float* dl, index_t tokens, index_t in, index_t out, index_t trees,
-                         index_t depth, const Stream& stream) {
+                         index_t depth, const StreamOf<B>& stream) {
   if (!x || !dy || !w_in || !b_in || !w_out || !leaves || !g || !dl)
     return Status::kInvalidArgument;
-  if (fff_detail::bad_shape(tokens, in, out, trees, depth) || x_stride < in || dy_stride < out)
+  if (bad_shape(tokens, in, out, trees, depth) || x_stride < in || dy_stride < out)
     return Status::kInvalidArgument;
-  if (dx && (dx_stride < in || !fff_detail::resolve_acc(dx, dx_stride, dx_acc, dx_acc_stride) ||
-             dx_acc_stride < in))
+  if (dx &&
+      (dx_stride < in || !resolve_acc(dx, dx_stride, dx_acc, dx_acc_stride) || dx_acc_stride < in))
     return Status::kInvalidArgument;
   if (!dx) dx_acc = nullptr;
   const unsigned threads = 32 * kFffWarpsPerBlock;
@@ -474,12 +479,12 @@ Status FffBackwardTokens(const T* x, index_t x_stride, const T* dy, index_t dy_s
                 dx_stride, dx_acc, dx_acc_stride, g, dl, tokens, in, out, trees, depth);
 }
 
-template <class T>
+template <class T, class B>
 Status FffBackwardNodes(const T* x, index_t x_stride, const T* dy, index_t dy_stride,
                         const float* g, const float* dl, const std::int32_t* rows,
                         const std::int32_t* start, const std::int32_t* order, index_t visited,
                         index_t in, index_t out, index_t pairs_per_token, T* grad_w_in,
-                        T* grad_b_in, T* grad_w_out, const Stream& stream) {
+                        T* grad_b_in, T* grad_w_out, const StreamOf<B>& stream) {
   if (!x || !dy || !g || !dl || !rows || !start || !order || !grad_w_in || !grad_b_in ||
       !grad_w_out)
     return Status::kInvalidArgument;
@@ -492,5 +497,5 @@ Status FffBackwardNodes(const T* x, index_t x_stride, const T* dy, index_t dy_st
                 pairs_per_token, grad_w_in, grad_b_in, grad_w_out);
 }
 
-}  // namespace FFNKIT_KERNEL_NS
+}  // namespace cuda
 }  // namespace ffnkit

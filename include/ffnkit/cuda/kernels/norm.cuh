@@ -1,5 +1,7 @@
 // The deferred-normalization kernels (docs/math.md §7) around a cuBLAS GEMM. FlashInfer-style:
-// XxxKernel is the __global__, Xxx the launcher that checks its arguments and returns a Status.
+// XxxKernel is the __global__, Xxx the launcher (FFNKIT_NORM_LAUNCHERS, ffnkit/cuda/launchers.hpp)
+// that checks its arguments and returns a Status; all but the launchers is internal to the
+// translation unit (launch.cuh).
 //   RowStats        per-token (mean, 1/sqrt(var + ε)) in fp32 from shifted sums, one block a row
 //   NormalizeRows   out = γ ⊙ (x − μ) r + β (the unfused path, the side output); with
 //                   `scale_only` false and γ = β = null and r = 1: x − μ (the centered input)
@@ -18,7 +20,8 @@
 #include "ffnkit/cuda/launch.cuh"
 
 namespace ffnkit {
-namespace FFNKIT_KERNEL_NS {
+namespace cuda {
+namespace {
 
 constexpr unsigned kNormThreads = 256;  // a multiple of 32, at most 1024
 constexpr unsigned kSoftmaxThreads = 128;
@@ -251,61 +254,40 @@ __global__ void NormDecodeKernel(const T* __restrict__ x, index_t x_stride, cons
   }
 }
 
-namespace detail {
-
-inline dim3 row_grid(index_t rows, index_t cols, unsigned threads) {
-  const unsigned x = grid_blocks(cols, threads);
-#if defined(FFNKIT_CUDA_EMU)
-  const index_t max_y = 4;
-#else
-  const index_t max_y = 65535;
-#endif
-  return dim3(x, static_cast<unsigned>(rows < max_y ? rows : max_y), 1);
-}
-
-inline unsigned row_blocks(index_t rows) {
-#if defined(FFNKIT_CUDA_EMU)
-  const index_t max_blocks = 4;
-#else
-  const index_t max_blocks = 65535;
-#endif
-  return static_cast<unsigned>(rows < max_blocks ? rows : max_blocks);
-}
-
-}  // namespace detail
+}  // namespace
 
 // stats: [2 rows] fp32 device memory (see RowStatsKernel).
-template <class T>
+template <class T, class B>
 Status RowStats(const T* x, index_t rows, index_t cols, index_t row_stride, bool layer_norm,
-                float eps, float* stats, const Stream& stream) {
+                float eps, float* stats, const StreamOf<B>& stream) {
   if (x == nullptr || stats == nullptr || rows <= 0 || cols <= 0 || row_stride < cols ||
       !(eps > 0.0f))
     return Status::kInvalidArgument;
-  return launch(RowStatsKernel<T>, dim3(detail::row_blocks(rows)), dim3(kNormThreads), 0, stream, x,
+  return launch(RowStatsKernel<T>, dim3(grid_blocks(rows, 1)), dim3(kNormThreads), 0, stream, x,
                 rows, cols, row_stride, layer_norm ? 1 : 0, eps, stats);
 }
 
-template <class T>
+template <class T, class B>
 Status NormalizeRows(const T* x, index_t x_stride, T* out, index_t out_stride, index_t rows,
                      index_t cols, const float* stats, const T* gamma, const T* beta, bool scale,
-                     const Stream& stream) {
+                     const StreamOf<B>& stream) {
   if (x == nullptr || out == nullptr || stats == nullptr || rows <= 0 || cols <= 0 ||
       x_stride < cols || out_stride < cols)
     return Status::kInvalidArgument;
-  return launch(NormalizeRowsKernel<T>, detail::row_grid(rows, cols, kNormThreads),
+  return launch(NormalizeRowsKernel<T>, grid_rows(grid_blocks(cols, kNormThreads), rows),
                 dim3(kNormThreads), 0, stream, x, x_stride, out, out_stride, rows, cols, stats,
                 gamma, beta, scale ? 1 : 0);
 }
 
 // acc: the GEMM's output, fp32 (acc_is_float) or T; may be y itself.
-template <class T>
+template <class T, class B>
 Status NormEpilogue(const void* acc, bool acc_is_float, index_t acc_stride, T* y, index_t y_stride,
                     index_t rows, index_t cols, const float* stats, const float* row_sums,
-                    const float* bias, const Stream& stream) {
+                    const float* bias, const StreamOf<B>& stream) {
   if (acc == nullptr || y == nullptr || stats == nullptr || rows <= 0 || cols <= 0 ||
       acc_stride < cols || y_stride < cols)
     return Status::kInvalidArgument;
-  const dim3 grid = detail::row_grid(rows, cols, kNormThreads);
+  const dim3 grid = grid_rows(grid_blocks(cols, kNormThreads), rows);
   if (acc_is_float)
     return launch(NormEpilogueKernel<T, float>, grid, dim3(kNormThreads), 0, stream,
                   static_cast<const float*>(acc), acc_stride, y, y_stride, rows, cols, stats,
@@ -316,37 +298,36 @@ Status NormEpilogue(const void* acc, bool acc_is_float, index_t acc_stride, T* y
 }
 
 // s, mask: [queries x keys] (mask may be null), v: [keys x dim], y: [queries x dim].
-template <class T>
+template <class T, class B>
 Status SoftmaxV(const T* s, index_t s_stride, const T* mask, index_t mask_stride, const T* v,
                 index_t v_stride, T* y, index_t y_stride, index_t queries, index_t keys,
-                index_t dim, const Stream& stream) {
+                index_t dim, const StreamOf<B>& stream) {
   if (s == nullptr || v == nullptr || y == nullptr || queries <= 0 || keys <= 0 || dim <= 0 ||
       s_stride < keys || v_stride < dim || y_stride < dim || (mask && mask_stride < keys))
     return Status::kInvalidArgument;
   const index_t chunks = (dim + kSoftmaxThreads - 1) / kSoftmaxThreads;
-  const dim3 grid(detail::row_blocks(queries),
-                  static_cast<unsigned>(chunks < 65535 ? chunks : 65535), 1);
+  const dim3 grid = grid_rows(grid_blocks(queries, 1), chunks);
   return launch(SoftmaxVKernel<T>, grid, dim3(kSoftmaxThreads), 0, stream, s, s_stride, mask,
                 mask_stride, v, v_stride, y, y_stride, queries, keys, dim);
 }
 
 // p: [rows x cols], the row-wise softmax of s + mask (mask may be null).
-template <class T>
+template <class T, class B>
 Status SoftmaxRows(const T* s, index_t s_stride, const T* mask, index_t mask_stride, T* p,
-                   index_t p_stride, index_t rows, index_t cols, const Stream& stream) {
+                   index_t p_stride, index_t rows, index_t cols, const StreamOf<B>& stream) {
   if (s == nullptr || p == nullptr || rows <= 0 || cols <= 0 || s_stride < cols ||
       p_stride < cols || (mask && mask_stride < cols))
     return Status::kInvalidArgument;
-  return launch(SoftmaxRowsKernel<T>, dim3(detail::row_blocks(rows)), dim3(32), 0, stream, s,
-                s_stride, mask, mask_stride, p, p_stride, rows, cols);
+  return launch(SoftmaxRowsKernel<T>, dim3(grid_blocks(rows, 1)), dim3(32), 0, stream, s, s_stride,
+                mask, mask_stride, p, p_stride, rows, cols);
 }
 
 // The fused decode path (NormDecodeKernel): y = r (W' (x − μ)) + b' for tokens <= 16, in one
 // kernel. w: [m x n] contiguous; bias: [m] fp32 or null; stats: [2 tokens] fp32 or null.
-template <class T>
+template <class T, class B>
 Status NormDecode(const T* x, index_t x_stride, const T* w, T* y, index_t y_stride, index_t tokens,
                   index_t n, index_t m, bool layer_norm, float eps, const float* bias, float* stats,
-                  const Stream& stream) {
+                  const StreamOf<B>& stream) {
   if (x == nullptr || w == nullptr || y == nullptr || tokens <= 0 || tokens > kNormDecodeTokens ||
       n <= 0 || m <= 0 || x_stride < n || y_stride < m || !(eps > 0.0f))
     return Status::kInvalidArgument;
@@ -355,5 +336,5 @@ Status NormDecode(const T* x, index_t x_stride, const T* w, T* y, index_t y_stri
                 x_stride, w, y, y_stride, tokens, n, m, layer_norm ? 1 : 0, eps, bias, stats);
 }
 
-}  // namespace FFNKIT_KERNEL_NS
+}  // namespace cuda
 }  // namespace ffnkit

@@ -1,7 +1,8 @@
 // The elementwise and data-movement kernels of the structured layers on the device (docs/math.md
 // §3, §5); the products themselves are cuBLAS calls. FlashInfer-style: XxxKernel is the __global__,
-// Xxx the launcher that checks its arguments and returns a Status. Raw pointers, strides and a
-// stream.
+// Xxx the launcher (FFNKIT_STRUCTURED_LAUNCHERS, ffnkit/cuda/launchers.hpp) that checks its
+// arguments and returns a Status; all but the launchers is internal to the translation unit
+// (launch.cuh). Raw pointers, strides and a stream.
 //   TransposeBlocks  BlockShuffle's permutation (+ bias + activation on the output permutation)
 //   ColumnSum        the bias gradient Σ_t dy[t, :]
 //   Axpby            y = α x + β y + γ bias (the self-guided blend, scaled copies)
@@ -19,7 +20,8 @@
 #include "ffnkit/cuda/launch.cuh"
 
 namespace ffnkit {
-namespace FFNKIT_KERNEL_NS {
+namespace cuda {
+namespace {
 
 constexpr unsigned kTransposeTile = 32;
 constexpr unsigned kTransposeRowsPerPass = 8;  // blockDim.y: each thread moves 4 tile elements
@@ -147,41 +149,29 @@ __global__ void SwiGluGradKernel(T* __restrict__ d_act, index_t d_stride,
   }
 }
 
-namespace detail {
-
 constexpr unsigned kElementwiseThreads = 256;
-
-inline dim3 rows_grid(unsigned x_blocks, index_t rows) {
-#if defined(FFNKIT_CUDA_EMU)
-  const index_t max_y = 4;
-#else
-  const index_t max_y = 65535;
-#endif
-  return dim3(x_blocks, static_cast<unsigned>(rows < max_y ? rows : max_y), 1);
-}
 
 inline bool valid_matrix(const void* p, index_t rows, index_t cols, index_t stride) {
   return p != nullptr && rows > 0 && cols > 0 && stride >= cols;
 }
 
-}  // namespace detail
+}  // namespace
 
 // dst[t, i blocks + b] = act(src[t, b inner + i] + bias[i blocks + b]) for every row t < rows: the
 // transpose of each row seen as a [blocks x inner] matrix. bias: [blocks inner] or null. src and
 // dst must not overlap.
-template <class T>
+template <class T, class B>
 Status TransposeBlocks(const T* src, index_t src_stride, T* dst, index_t dst_stride, index_t rows,
                        index_t blocks, index_t inner, const T* bias, Activation act,
-                       const Stream& stream) {
+                       const StreamOf<B>& stream) {
   if (blocks <= 0 || inner <= 0) return Status::kInvalidArgument;
   const index_t width = blocks * inner;
-  if (!detail::valid_matrix(src, rows, width, src_stride) ||
-      !detail::valid_matrix(dst, rows, width, dst_stride))
+  if (!valid_matrix(src, rows, width, src_stride) || !valid_matrix(dst, rows, width, dst_stride))
     return Status::kInvalidArgument;
   const index_t tiles = ((blocks + kTransposeTile - 1) / kTransposeTile) *
                         ((inner + kTransposeTile - 1) / kTransposeTile);
   const dim3 block(kTransposeTile, kTransposeRowsPerPass);
-  const dim3 grid = detail::rows_grid(grid_blocks(tiles, 1), rows);
+  const dim3 grid = grid_rows(grid_blocks(tiles, 1), rows);
   return dispatch_activation(act, [&](auto fn) -> Status {
     return launch(TransposeBlocksKernel<T, decltype(fn)>, grid, block, 0, stream, src, src_stride,
                   dst, dst_stride, rows, blocks, inner, bias, fn);
@@ -189,11 +179,10 @@ Status TransposeBlocks(const T* src, index_t src_stride, T* dst, index_t dst_str
 }
 
 // out[c] = Σ_r src[r, c] for c < cols (fp32 accumulation, deterministic order).
-template <class T>
+template <class T, class B>
 Status ColumnSum(const T* src, index_t rows, index_t cols, index_t row_stride, T* out,
-                 const Stream& stream) {
-  if (!detail::valid_matrix(src, rows, cols, row_stride) || out == nullptr)
-    return Status::kInvalidArgument;
+                 const StreamOf<B>& stream) {
+  if (!valid_matrix(src, rows, cols, row_stride) || out == nullptr) return Status::kInvalidArgument;
   const dim3 block(kColumnSumWidth, kColumnSumRows);
   const dim3 grid(grid_blocks((cols + kColumnSumWidth - 1) / kColumnSumWidth, 1));
   return launch(ColumnSumKernel<T>, grid, block, 0, stream, src, rows, cols, row_stride, out);
@@ -201,45 +190,42 @@ Status ColumnSum(const T* src, index_t rows, index_t cols, index_t row_stride, T
 
 // y = alpha x + beta y + gamma bias on [rows x cols] matrices; x may be null when alpha == 0,
 // bias may be null. x and y may be the same matrix (elementwise, same strides).
-template <class T>
+template <class T, class B>
 Status Axpby(const T* x, index_t x_stride, T* y, index_t y_stride, index_t rows, index_t cols,
-             float alpha, float beta, const T* bias, float gamma, const Stream& stream) {
-  if (!detail::valid_matrix(y, rows, cols, y_stride)) return Status::kInvalidArgument;
-  if (alpha != 0.0f && !detail::valid_matrix(x, rows, cols, x_stride))
-    return Status::kInvalidArgument;
-  const dim3 grid = detail::rows_grid(grid_blocks(cols, detail::kElementwiseThreads), rows);
-  return launch(AxpbyKernel<T>, grid, dim3(detail::kElementwiseThreads), 0, stream, x, x_stride, y,
+             float alpha, float beta, const T* bias, float gamma, const StreamOf<B>& stream) {
+  if (!valid_matrix(y, rows, cols, y_stride)) return Status::kInvalidArgument;
+  if (alpha != 0.0f && !valid_matrix(x, rows, cols, x_stride)) return Status::kInvalidArgument;
+  const dim3 grid = grid_rows(grid_blocks(cols, kElementwiseThreads), rows);
+  return launch(AxpbyKernel<T>, grid, dim3(kElementwiseThreads), 0, stream, x, x_stride, y,
                 y_stride, rows, cols, alpha, beta, bias, gamma);
 }
 
 // g *= act'(pre) elementwise on [rows x cols] matrices.
-template <class T>
+template <class T, class B>
 Status ActivationGrad(T* g, index_t g_stride, const T* pre, index_t pre_stride, index_t rows,
-                      index_t cols, Activation act, const Stream& stream) {
-  if (!detail::valid_matrix(g, rows, cols, g_stride) ||
-      !detail::valid_matrix(pre, rows, cols, pre_stride))
+                      index_t cols, Activation act, const StreamOf<B>& stream) {
+  if (!valid_matrix(g, rows, cols, g_stride) || !valid_matrix(pre, rows, cols, pre_stride))
     return Status::kInvalidArgument;
-  const dim3 grid = detail::rows_grid(grid_blocks(cols, detail::kElementwiseThreads), rows);
+  const dim3 grid = grid_rows(grid_blocks(cols, kElementwiseThreads), rows);
   return dispatch_activation(act, [&](auto fn) -> Status {
-    return launch(ActivationGradKernel<T, decltype(fn)>, grid, dim3(detail::kElementwiseThreads), 0,
-                  stream, g, g_stride, pre, pre_stride, rows, cols, fn);
+    return launch(ActivationGradKernel<T, decltype(fn)>, grid, dim3(kElementwiseThreads), 0, stream,
+                  g, g_stride, pre, pre_stride, rows, cols, fn);
   });
 }
 
 // SwiGLU backward on [rows x cols] matrices: d_gate = d_act u SiLU'(g); d_act *= SiLU(g). gate and
 // up share the row stride pre_stride (the two halves of one [rows x 2 cols] buffer, or not).
-template <class T>
+template <class T, class B>
 Status SwiGluGrad(T* d_act, index_t d_stride, const T* gate, const T* up, index_t pre_stride,
-                  T* d_gate, index_t dg_stride, index_t rows, index_t cols, const Stream& stream) {
-  if (!detail::valid_matrix(d_act, rows, cols, d_stride) ||
-      !detail::valid_matrix(gate, rows, cols, pre_stride) ||
-      !detail::valid_matrix(up, rows, cols, pre_stride) ||
-      !detail::valid_matrix(d_gate, rows, cols, dg_stride))
+                  T* d_gate, index_t dg_stride, index_t rows, index_t cols,
+                  const StreamOf<B>& stream) {
+  if (!valid_matrix(d_act, rows, cols, d_stride) || !valid_matrix(gate, rows, cols, pre_stride) ||
+      !valid_matrix(up, rows, cols, pre_stride) || !valid_matrix(d_gate, rows, cols, dg_stride))
     return Status::kInvalidArgument;
-  const dim3 grid = detail::rows_grid(grid_blocks(cols, detail::kElementwiseThreads), rows);
-  return launch(SwiGluGradKernel<T>, grid, dim3(detail::kElementwiseThreads), 0, stream, d_act,
-                d_stride, gate, up, pre_stride, d_gate, dg_stride, rows, cols);
+  const dim3 grid = grid_rows(grid_blocks(cols, kElementwiseThreads), rows);
+  return launch(SwiGluGradKernel<T>, grid, dim3(kElementwiseThreads), 0, stream, d_act, d_stride,
+                gate, up, pre_stride, d_gate, dg_stride, rows, cols);
 }
 
-}  // namespace FFNKIT_KERNEL_NS
+}  // namespace cuda
 }  // namespace ffnkit
