@@ -25,8 +25,6 @@
 #include <vector>
 
 #include "ffnkit/core.hpp"
-#include "ffnkit/cpu/eigen.hpp"
-#include "ffnkit/cpu/structured_ops.hpp"
 #include "ffnkit/detail/self_guided_ops.hpp"
 #include "ffnkit/structured.hpp"
 
@@ -308,7 +306,16 @@ class SelfGuided {
   }
 
   // Zero-filled gradient buffers in params() order, in the backend's memory.
-  Grads make_grads() { return Ops::make_grads(params()); }
+  Grads make_grads() const {
+    Grads g;
+    const Stream stream;
+    for (const auto& p : const_cast<SelfGuided*>(this)->params()) {
+      g.push_back(Ops::scratch(p.size));
+      Ops::zero(g.back(), stream);
+    }
+    stream.synchronize();
+    return g;
+  }
 
   index_t parameter_count() const {
     return s_.parameter_count() + (guide_present_ ? out_features() * in_features() : 0);

@@ -37,6 +37,20 @@ inline const char* to_string(Activation a) {
   return "unknown";
 }
 
+// Rejects a value outside the enum (e.g. a cast from an integer read from a file), which every
+// switch over Activation would otherwise treat as no activation at all.
+inline void check_activation_value(const char* where, Activation a) {
+  switch (a) {
+    case Activation::kIdentity:
+    case Activation::kRelu:
+    case Activation::kGeluTanh:
+    case Activation::kGeluErf:
+    case Activation::kSilu:
+      return;
+  }
+  fail(where, "activation = ", static_cast<int>(a), " is not a valid ffnkit::Activation");
+}
+
 inline Activation parse_activation(const std::string& s) {
   for (Activation a : {Activation::kIdentity, Activation::kRelu, Activation::kGeluTanh,
                        Activation::kGeluErf, Activation::kSilu}) {

@@ -17,4 +17,10 @@ struct Cuda {
   static constexpr const char* name() { return "Cuda"; }
 };
 
+namespace detail {
+// What backend B supplies to every layer: owning buffers and a stream (detail/backend.hpp).
+template <class B>
+struct Runtime;
+}  // namespace detail
+
 }  // namespace ffnkit

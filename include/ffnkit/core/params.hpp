@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "ffnkit/core/backend.hpp"
 #include "ffnkit/core/error.hpp"
 
 namespace ffnkit {
@@ -20,13 +21,15 @@ struct ParamView {
 };
 
 // One gradient buffer per parameter, in the order of the layer's params(); backward overwrites.
-template <class T>
-using GradList = std::vector<std::vector<T>>;
+// Backend B's memory: std::vector<T> on Cpu, device buffers on the device backends. A layer's
+// make_grads() returns them zero-filled.
+template <class T, class B = Cpu>
+using GradList = std::vector<typename detail::Runtime<B>::template Buffer<T>>;
 
 // Zero-filled gradient buffers matching `params`.
 template <class T>
-GradList<T> make_grads(const std::vector<ParamView<T>>& params) {
-  GradList<T> g;
+std::vector<std::vector<T>> make_grads(const std::vector<ParamView<T>>& params) {
+  std::vector<std::vector<T>> g;
   for (const auto& p : params) g.emplace_back(static_cast<std::size_t>(p.size), T(0));
   return g;
 }

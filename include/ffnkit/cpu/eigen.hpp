@@ -1,24 +1,15 @@
 // Eigen at the CPU backend's boundary: views become Maps (no copies), weights are row-major
 // [out x in] matrices exactly as PyTorch stores them.
-// ffnkit includes Eigen only here (and Eigen/Eigenvalues in cpu/init.hpp), inside the GCC 12
-// AVX-512 workaround of core/macros.hpp.
 #pragma once
 
-#include "ffnkit/core/macros.hpp"
-
-FFNKIT_GCC_PR105593_BEGIN
-#include <Eigen/Core>
-FFNKIT_GCC_PR105593_END
-
 #include "ffnkit/core/view.hpp"
+#include "ffnkit/detail/eigen.hpp"
 
 namespace ffnkit {
 namespace cpu {
 
-template <class T>
-using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <class T>
-using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+using detail::RowMatrix;
+using detail::Vector;
 
 template <class T>
 using ConstRowMap = Eigen::Map<const RowMatrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;

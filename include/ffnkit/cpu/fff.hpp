@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "ffnkit/core.hpp"
+#include "ffnkit/cpu/runtime.hpp"
 #include "ffnkit/cpu/parallel.hpp"
 #include "ffnkit/detail/fff_checks.hpp"
 

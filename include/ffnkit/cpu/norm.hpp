@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ffnkit/core.hpp"
+#include "ffnkit/cpu/runtime.hpp"
 #include "ffnkit/cpu/eigen.hpp"
 #include "ffnkit/cpu/parallel.hpp"
 

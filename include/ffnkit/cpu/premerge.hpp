@@ -22,6 +22,8 @@ class PreMerged {
   using Scalar = typename Structured::Scalar;
   using Backend = typename Structured::Backend;
   using T = Scalar;
+  using Stream = typename Structured::Stream;
+  using Grads = typename Structured::Grads;
   static_assert(std::is_same<Backend, Cpu>::value, "PreMerged runs on the Cpu backend");
 
   // Token counts are bucketed by powers of two: bucket k holds [2^k, 2^(k+1)).
@@ -75,13 +77,15 @@ class PreMerged {
   // Forces one path for every token count (tests, or a caller that calibrated elsewhere).
   void set_path(Path p) { choice_.fill(p); }
 
-  void forward(const MatrixView<const T>& x, const MatrixView<T>& y, Workspace ws = {},
-               Activation act = Activation::kIdentity) const {
-    constexpr const char* where = "PreMerged::forward";
-    check_activation(where, "x", x, in_features(), "in_features");
-    check_activation(where, "y", y, out_features(), "out_features");
-    check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, y);
+  void check_ready(const char* where) const { s_.check_ready(where); }
+  void check_forward(const MatrixView<const T>& x, const MatrixView<T>& y,
+                     Workspace ws = {}) const {
+    s_.check_forward(x, y, ws);
+  }
+
+  void forward(const MatrixView<const T>& x, const MatrixView<T>& y, Workspace ws, Activation act,
+               const Stream& stream = Stream()) const {
+    check_forward(x, y, ws);
     if (path(x.rows) == Path::kDense) {
       if (act == Activation::kIdentity) {
         dense_forward(x, y);
@@ -90,16 +94,25 @@ class PreMerged {
         cpu::bias_activation_inplace(y, s_.bias(), act);
       }
     } else {
-      s_.forward(x, y, ws, act);
+      s_.forward(x, y, ws, act, stream);
     }
+  }
+  void forward(const MatrixView<const T>& x, const MatrixView<T>& y, Workspace ws = {},
+               const Stream& stream = Stream()) const {
+    forward(x, y, ws, Activation::kIdentity, stream);
   }
 
   // Training goes through the structured factors; after updating them, call refresh() so the
   // merged copy matches again.
-  void backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                const MatrixView<T>& dx, GradList<T>& grads) const {
-    s_.backward(x, dy, dx, grads);
+  std::size_t backward_workspace_size(index_t tokens) const {
+    return s_.backward_workspace_size(tokens);
   }
+  void backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
+                const MatrixView<T>& dx, Grads& grads, Workspace ws = {},
+                const Stream& stream = Stream()) const {
+    s_.backward(x, dy, dx, grads, ws, stream);
+  }
+  Grads make_grads() const { return s_.make_grads(); }
   std::vector<ParamView<T>> params() { return s_.params(); }
   void refresh() { w_ = s_.materialize(); }
 

@@ -8,8 +8,10 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "ffnkit/core.hpp"
+#include "ffnkit/detail/backend.hpp"
 #if defined(FFNKIT_WITH_CUDA)
 #include "ffnkit/cuda/runtime.hpp"
 #endif
@@ -21,25 +23,58 @@
 namespace ffnkit {
 namespace detail {
 
-// Buffer<T>, Stream, Event, BlasHandle, Op, DataType, CopyKind; available, copy, fill_zero,
-// wait_event, gemm, gemm_strided_batched, blas (ffnkit/cuda/runtime_api.inc).
-template <class B>
-struct DeviceApi;
+// A device backend's runtime: the namespace's Buffer<T>, Stream, Event, BlasHandle, Op, DataType,
+// CopyKind, available, copy, fill_zero, wait_event, gemm, gemm_strided_batched, blas
+// (ffnkit/cuda/runtime_api.inc), plus what every layer needs of Runtime<B> (detail/backend.hpp).
+template <class Ns>
+struct DeviceRuntime : Ns {
+  template <class T>
+  using Buffer = typename Ns::template Buffer<T>;
+  using Stream = typename Ns::Stream;
+  // The epilogue kernels' vector loads assume 16-byte alignment of every buffer they get.
+  static constexpr std::size_t kWorkspaceAlignment = 16;
+
+  template <class T>
+  static Buffer<T> allocate(std::size_t n) {
+    return Buffer<T>(n);
+  }
+  template <class T>
+  static Buffer<T> upload(const T* host, index_t n) {
+    return Buffer<T>(host, static_cast<std::size_t>(n));
+  }
+  template <class T>
+  static std::vector<T> download(const Buffer<T>& b) {
+    return b.to_host();
+  }
+  // A deep device-to-device copy, complete on return (later work may run on any stream).
+  template <class T>
+  static Buffer<T> clone(const Buffer<T>& b) {
+    Buffer<T> out(b.size());
+    const Stream stream;
+    if (b.size()) {
+      Ns::copy(out.data(), b.data(), b.bytes(), Ns::CopyKind::kDeviceToDevice, stream);
+      stream.synchronize();
+    }
+    return out;
+  }
+  template <class T>
+  static void zero(Buffer<T>& b, const Stream& stream) {
+    if (b.size() != 0) Ns::fill_zero(b.data(), b.bytes(), stream);
+  }
+};
+
 #if defined(FFNKIT_WITH_CUDA)
 template <>
-struct DeviceApi<Cuda> : cuda::Runtime {};
+struct Runtime<Cuda> : DeviceRuntime<cuda::Runtime> {};
 #endif
 #if defined(FFNKIT_WITH_CUDA_EMU)
 template <>
-struct DeviceApi<CudaEmu> : cuda_emu::Runtime {};
+struct Runtime<CudaEmu> : DeviceRuntime<cuda_emu::Runtime> {};
 #endif
+template <class B>
+using DeviceApi = Runtime<B>;
 
-// Host-side conversions between a storage type and double (initialisation, checks, tests).
-template <class T>
-struct HostScalar {
-  static T from_double(double v) { return static_cast<T>(v); }
-  static double to_double(T v) { return static_cast<double>(v); }
-};
+// Host-side conversions of the 16-bit storage types (the primary template: detail/backend.hpp).
 template <>
 struct HostScalar<__half> {
   static __half from_double(double v) { return __float2half_rn(static_cast<float>(v)); }
@@ -60,27 +95,11 @@ typename DeviceApi<B>::DataType data_type_of() {
   return D::kF32;
 }
 
-// A deep device-to-device copy of `b`, complete on return (later work may run on any stream).
+// A deep device-to-device copy of `b`, complete on return.
 template <class B, class T>
-typename DeviceApi<B>::template Buffer<T> clone_buffer(
-    const typename DeviceApi<B>::template Buffer<T>& b) {
-  typename DeviceApi<B>::template Buffer<T> out(b.size());
-  const typename DeviceApi<B>::Stream stream;
-  if (b.size()) {
-    DeviceApi<B>::copy(out.data(), b.data(), b.bytes(), DeviceApi<B>::CopyKind::kDeviceToDevice,
-                       stream);
-    stream.synchronize();
-  }
-  return out;
-}
-
-// Load-time check of host weights of any storage type: every element finite.
-template <class T>
-void check_host_finite(const char* where, const char* name, const T* p, index_t n) {
-  for (index_t i = 0; i < n; ++i) {
-    const double v = HostScalar<T>::to_double(p[i]);
-    if (!std::isfinite(v)) fail(where, name, "[", i, "] = ", v, " is not finite");
-  }
+typename Runtime<B>::template Buffer<T> clone_buffer(
+    const typename Runtime<B>::template Buffer<T>& b) {
+  return Runtime<B>::clone(b);
 }
 
 // Throws the launcher's failure as an ffnkit::Error at the C++ API boundary.

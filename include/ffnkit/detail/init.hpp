@@ -1,7 +1,8 @@
-// Seeded initialisers of the structured layers (docs/math.md §3.9), computed in double and
-// rounded once. Both go through the eigen-decomposition of the smaller Gram matrix, which is exact
-// for the well-conditioned Gaussian matrices drawn here and costs O(max·min² + min³) instead of a
-// full SVD (seconds instead of minutes at d = 2048).
+// Seeded initialisers of the structured layers (docs/math.md §3.9), computed in double on the
+// host for every backend and rounded once to the layer's scalar. Both go through the
+// eigen-decomposition of the smaller Gram matrix, which is exact for the well-conditioned Gaussian
+// matrices drawn here and costs O(max·min² + min³) instead of a full SVD (seconds instead of
+// minutes at d = 2048).
 #pragma once
 
 #include <cmath>
@@ -10,16 +11,14 @@
 
 #include "ffnkit/core/error.hpp"
 #include "ffnkit/core/rng.hpp"
-#include "ffnkit/cpu/eigen.hpp"
+#include "ffnkit/detail/eigen.hpp"
 
 FFNKIT_GCC_PR105593_BEGIN
 #include <Eigen/Eigenvalues>
 FFNKIT_GCC_PR105593_END
 
 namespace ffnkit {
-namespace cpu {
-
-using MatrixXdRow = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+namespace detail {
 
 inline MatrixXdRow gaussian(index_t rows, index_t cols, std::uint64_t seed, double stddev) {
   MatrixXdRow g(rows, cols);
@@ -74,12 +73,5 @@ inline MatrixXdRow orthonormal(index_t rows, index_t cols, std::uint64_t seed) {
   return tall ? MatrixXdRow(g * root) : MatrixXdRow(root * g);
 }
 
-template <class T>
-std::vector<T> to_vector(const MatrixXdRow& m) {
-  std::vector<T> out(static_cast<std::size_t>(m.size()));
-  for (index_t i = 0; i < m.size(); ++i) out[i] = static_cast<T>(m.data()[i]);
-  return out;
-}
-
-}  // namespace cpu
+}  // namespace detail
 }  // namespace ffnkit
