@@ -2,10 +2,9 @@
 // every case is skipped with the reason (SkipWithError), never reported as a time. The emulator is
 // never benchmarked: its timings would say nothing about a GPU. Each structured case's
 // speedup_vs_dense is against the CUDA dense FFN of the same dtype, in the same run.
-#include <cuda_runtime_api.h>
-
 #include <memory>
 
+#include "device_timer.hpp"
 #include "ffn_runner.hpp"
 #include "ffnkit/dense.hpp"
 #include "ffnkit/reference.hpp"
@@ -29,11 +28,6 @@ std::vector<typename L::Scalar> weight_of(const L& l) {
   return l.materialize();
 }
 
-void require_device(const char* where) {
-  std::string why;
-  if (!cuda::device_available(&why)) fail(where, kNoDevice, why);
-}
-
 // Times forward of any FFN on the Cuda backend: DenseFFN or StructuredFFN. `make` builds the FFN
 // after the device check, so that nothing is allocated or initialised without a device.
 template <class Ffn>
@@ -42,7 +36,6 @@ class CudaFfnRunner : public Runner {
   using T = typename Ffn::Scalar;
   template <class Make>
   CudaFfnRunner(const Shape& s, Make&& make) : s_(s) {
-    require_device("cuda ffn case");
     ffn_ = make();
     std::vector<double> xd(static_cast<std::size_t>(s.tokens * s.d_model));
     fill_normal(xd.data(), static_cast<index_t>(xd.size()), 7, 0.0, 1.0);
@@ -53,8 +46,6 @@ class CudaFfnRunner : public Runner {
     y_ = cuda::DeviceBuffer<T>(x_host_.size());
     ws_ = cuda::DeviceBuffer<unsigned char>(ffn_.workspace_size(s.tokens));
     stream_ = cuda::Stream::create();
-    check(cudaEventCreate(&start_.e), "cudaEventCreate");
-    check(cudaEventCreate(&stop_.e), "cudaEventCreate");
   }
   void run() override {
     ffn_.forward(make_view<const T>(x_.data(), s_.tokens, s_.d_model),
@@ -63,14 +54,7 @@ class CudaFfnRunner : public Runner {
   }
   bool device_timed() const override { return true; }
   double run_device_timed() override {
-    auto stream = static_cast<cudaStream_t>(stream_.handle());
-    check(cudaEventRecord(start_.e, stream), "cudaEventRecord");
-    run();
-    check(cudaEventRecord(stop_.e, stream), "cudaEventRecord");
-    check(cudaEventSynchronize(stop_.e), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start_.e, stop_.e), "cudaEventElapsedTime");
-    return ms * 1e-3;
+    return timer_.seconds(stream_, [&] { run(); });
   }
   double flops() const override { return ffn_.flops_per_token() * s_.tokens; }
   double bytes() const override {
@@ -102,23 +86,14 @@ class CudaFfnRunner : public Runner {
   }
 
  private:
-  static void check(cudaError_t e, const char* call) {
-    if (e != cudaSuccess) fail(call, cudaGetErrorString(e));
-  }
+  // First: checks for a device before anything else is set up.
+  DeviceTimer timer_{"cuda ffn case"};
   Shape s_;
   Ffn ffn_;
   std::vector<T> x_host_;
   cuda::DeviceBuffer<T> x_, y_;
   cuda::DeviceBuffer<unsigned char> ws_;
   cuda::Stream stream_;
-  // Owned events: destroyed even when the constructor throws half-way.
-  struct Event {
-    cudaEvent_t e = nullptr;
-    ~Event() {
-      if (e) cudaEventDestroy(e);
-    }
-  };
-  Event start_, stop_;
 };
 
 // Gaussian host weights of variance 1 / fan-in, in T: timings do not depend on the values, and the

@@ -10,9 +10,9 @@
 #include <memory>
 #include <set>
 
+#include "fff_oracle.hpp"
 #include "ffn_runner.hpp"
 #include "ffnkit/fff.hpp"
-#include "ffnkit/reference/fff.hpp"
 
 namespace ffnkit {
 namespace bench {
@@ -47,32 +47,7 @@ class FffRunner : public Runner {
                                          static_cast<double>(s_.tokens * fff_.neurons_per_token()));
     return (rows * (2.0 * s_.d_model + 1) + 2.0 * s_.tokens * s_.d_model) * sizeof(float);
   }
-  // Against the float64 oracle on the paths the layer took (a float rounding could flip a branch
-  // whose λ is within rounding of 0; tests/test_fff.cpp checks the paths themselves).
-  double max_rel_error() override {
-    const auto rows = sampled_tokens(s_.tokens);
-    reference::FffWeights w;
-    w.in = w.out = s_.d_model;
-    w.trees = 1;
-    w.depth = kDepth;
-    const index_t n = fff_.neurons_total();
-    w.w_in.assign(fff_.linear_in_weight(), fff_.linear_in_weight() + n * s_.d_model);
-    w.b_in.assign(fff_.linear_in_bias(), fff_.linear_in_bias() + n);
-    const auto wo = fff_.linear_out_weight();
-    w.w_out.assign(wo.begin(), wo.end());
-    std::vector<double> xs, ys;
-    std::vector<std::int32_t> ls;
-    for (index_t t : rows) {
-      xs.insert(xs.end(), x_.begin() + t * s_.d_model, x_.begin() + (t + 1) * s_.d_model);
-      ys.insert(ys.end(), y_.begin() + t * s_.d_model, y_.begin() + (t + 1) * s_.d_model);
-      ls.push_back(leaves_[t]);
-    }
-    const auto ref =
-        reference::fff(w, xs.data(), static_cast<index_t>(rows.size()), nullptr, ls.data());
-    return reference::compare(ys.data(), static_cast<index_t>(rows.size()), s_.d_model, s_.d_model,
-                              ref)
-        .max_rel;
-  }
+  double max_rel_error() override { return sampled_fff_error(fff_, x_, y_, leaves_); }
   std::vector<std::pair<std::string, double>> extra_counters() const override {
     return {{"distinct_leaves", distinct_}};
   }

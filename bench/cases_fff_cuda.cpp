@@ -8,16 +8,15 @@
 //   cuda_fff_1x11_grouped_f32        the grouped kernel at every token count
 //   cuda_fff_1x11_vs_dense4095_f32   kAuto, scored against cuda_dense_ffn_4095_f32
 // Counter distinct_leaves: how many of the 2048 leaves the run's tokens reach.
-#include <cuda_runtime_api.h>
-
 #include <memory>
 #include <set>
 
+#include "device_timer.hpp"
+#include "fff_oracle.hpp"
 #include "ffn_runner.hpp"
 #include "ffnkit/dense.hpp"
 #include "ffnkit/fff.hpp"
 #include "ffnkit/reference.hpp"
-#include "ffnkit/reference/fff.hpp"
 #include "harness.hpp"
 
 namespace ffnkit {
@@ -26,46 +25,6 @@ namespace {
 
 constexpr index_t kDepth = 11;
 constexpr std::uint64_t kSeed = 20245;
-
-void check(cudaError_t e, const char* call) {
-  if (e != cudaSuccess) fail(call, cudaGetErrorString(e));
-}
-
-void require_device() {
-  std::string why;
-  if (!cuda::device_available(&why)) fail("cuda fff case", kNoDevice, why);
-}
-
-// Owned cudaEvents around run() on the runner's stream; constructed first in a runner, so it is
-// also where a missing device turns into the case's skip reason.
-class EventTimer {
- public:
-  EventTimer() {
-    require_device();
-    check(cudaEventCreate(&start_), "cudaEventCreate");
-    check(cudaEventCreate(&stop_), "cudaEventCreate");
-  }
-  ~EventTimer() {
-    if (start_) cudaEventDestroy(start_);
-    if (stop_) cudaEventDestroy(stop_);
-  }
-  EventTimer(const EventTimer&) = delete;
-  EventTimer& operator=(const EventTimer&) = delete;
-  template <class Fn>
-  double seconds(const cuda::Stream& stream, Fn&& fn) {
-    auto s = static_cast<cudaStream_t>(stream.handle());
-    check(cudaEventRecord(start_, s), "cudaEventRecord");
-    fn();
-    check(cudaEventRecord(stop_, s), "cudaEventRecord");
-    check(cudaEventSynchronize(stop_), "cudaEventSynchronize");
-    float ms = 0;
-    check(cudaEventElapsedTime(&ms, start_, stop_), "cudaEventElapsedTime");
-    return ms * 1e-3;
-  }
-
- private:
-  cudaEvent_t start_ = nullptr, stop_ = nullptr;
-};
 
 template <class T>
 std::vector<T> random_input(index_t count) {
@@ -85,7 +44,7 @@ class CudaFffRunner : public Runner {
     x_ = cuda::DeviceBuffer<T>(x_host_.data(), x_host_.size());
     y_ = cuda::DeviceBuffer<T>(x_host_.size());
     leaves_ = cuda::DeviceBuffer<std::int32_t>(static_cast<std::size_t>(s.tokens));
-    ws_ = cuda::DeviceBuffer<unsigned char>(fff_.workspace_size(s.tokens, kernel));
+    ws_ = cuda::DeviceBuffer<unsigned char>(fff_.workspace_size(s.tokens));
     stream_ = cuda::Stream::create();
     forward(leaves_.data());
     stream_.synchronize();
@@ -105,33 +64,9 @@ class CudaFffRunner : public Runner {
                                          static_cast<double>(s_.tokens * fff_.neurons_per_token()));
     return (rows * (2.0 * s_.d_model + 1) + 2.0 * s_.tokens * s_.d_model) * sizeof(T);
   }
-  // Against the float64 oracle on the weights as stored and the paths the layer took.
   double max_rel_error() override {
     stream_.synchronize();
-    const std::vector<T> y = y_.to_host();
-    const auto host = fff_.to_cpu();
-    reference::FffWeights w;
-    w.in = w.out = s_.d_model;
-    w.trees = 1;
-    w.depth = kDepth;
-    const index_t n = host.neurons_total(), d = s_.d_model;
-    w.w_in.assign(host.linear_in_weight(), host.linear_in_weight() + n * d);
-    w.b_in.assign(host.linear_in_bias(), host.linear_in_bias() + n);
-    const auto wo = host.linear_out_weight();
-    w.w_out.assign(wo.begin(), wo.end());
-    const auto rows = sampled_tokens(s_.tokens);
-    std::vector<double> xs, ys;
-    std::vector<std::int32_t> ls;
-    for (index_t t : rows) {
-      for (index_t j = 0; j < d; ++j) {
-        xs.push_back(detail::HostScalar<T>::to_double(x_host_[t * d + j]));
-        ys.push_back(detail::HostScalar<T>::to_double(y[t * d + j]));
-      }
-      ls.push_back(leaves_host_[t]);
-    }
-    const auto ref =
-        reference::fff(w, xs.data(), static_cast<index_t>(rows.size()), nullptr, ls.data());
-    return reference::compare(ys.data(), static_cast<index_t>(rows.size()), d, d, ref).max_rel;
+    return sampled_fff_error(fff_, x_host_, y_.to_host(), leaves_host_);
   }
   std::vector<std::pair<std::string, double>> extra_counters() const override {
     return {{"distinct_leaves", distinct_}};
@@ -143,7 +78,8 @@ class CudaFffRunner : public Runner {
                  make_view(y_.data(), s_.tokens, s_.d_model), leaves, kernel_,
                  Workspace{ws_.data(), ws_.bytes()}, stream_);
   }
-  EventTimer timer_;  // first: checks for a device before anything else is set up
+  // First: checks for a device before anything else is set up.
+  DeviceTimer timer_{"cuda fff case"};
   Shape s_;
   FffKernel kernel_;
   FastFeedForward<T, Cuda> fff_;
@@ -204,7 +140,8 @@ class CudaDense4095Runner : public Runner {
   }
 
  private:
-  EventTimer timer_;  // first: checks for a device before anything else is set up
+  // First: checks for a device before anything else is set up.
+  DeviceTimer timer_{"cuda fff case"};
   Shape s_;
   DenseFFN<T, Cuda> ffn_;
   std::vector<T> x_host_;

@@ -1,8 +1,9 @@
-// Deferred normalization (docs/math.md §7): fused against unfused in the same run.
+// Deferred normalization (docs/math.md §7): fused against unfused in the same run, the unfused
+// path being the baselines of reference/unfused_norm.hpp (docs/math.md §7.6).
 //  - Main-table cases (ffnkit_bench --table): rmsnorm_linear and layernorm_linear at d -> 4d, each
-//    against its own unfused path (the `vs dense` column of those rows is vs unfused).
-//  - The full suite (ffnkit_bench_norm, see register_norm_suite): d in {768, 2048, 4096} into
-//    d_out in {d, 4d}, tokens in {1, 16, 128, 2048}; Softmax V at sequence lengths
+//    against its own unfused baseline (the `vs dense` column of those rows is vs unfused).
+//  - The full suite (ffnkit_bench --suite=norm, see register_norm_suite): d in {768, 2048, 4096}
+//    into d_out in {d, 4d}, tokens in {1, 16, 128, 2048}; Softmax V at sequence lengths
 //    {128, 1024, 4096, 16384}, head dim 64 and 128, one-pass against three-pass. Each benchmark
 //    interleaves the two paths (bench/harness.hpp: run_interleaved), so drift on a shared machine
 //    hits both, and reports the median of their per-round ratios as the `speedup` counter.
@@ -10,10 +11,12 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ffnkit/norm.hpp"
 #include "ffnkit/reference.hpp"
+#include "ffnkit/reference/unfused_norm.hpp"
 #include "harness.hpp"
 
 namespace ffnkit {
@@ -32,29 +35,40 @@ struct NormParams {
   }
 };
 
+// The layers' default ε.
+template <bool kLayerNorm>
+constexpr double kEps = kLayerNorm ? 1e-5 : 1e-6;
+
 template <bool kLayerNorm>
 using NormLayer = std::conditional_t<kLayerNorm, LayerNormLinear<float>, RMSNormLinear<float>>;
+using UnfusedLayer = reference::UnfusedNormLinear<float>;
 
 template <bool kLayerNorm>
 NormLayer<kLayerNorm> make_layer(index_t n, index_t m, const NormParams& p) {
   if constexpr (kLayerNorm)
     return LayerNormLinear<float>(n, m, p.gamma.data(), p.beta.data(), p.weight.data(),
-                                  p.bias.data());
+                                  p.bias.data(), kEps<true>);
   else
-    return RMSNormLinear<float>(n, m, p.gamma.data(), p.weight.data(), p.bias.data());
+    return RMSNormLinear<float>(n, m, p.gamma.data(), p.weight.data(), p.bias.data(), kEps<false>);
 }
 
-// One layer, its input and output at one shape: the main table's runner.
 template <bool kLayerNorm>
+UnfusedLayer make_unfused(index_t n, index_t m, const NormParams& p) {
+  return UnfusedLayer(kLayerNorm, n, m, p.gamma.data(), kLayerNorm ? p.beta.data() : nullptr,
+                      p.weight.data(), p.bias.data(), kEps<kLayerNorm>);
+}
+
+// One layer (fused, or the unfused baseline), its input and output at one shape: the main table's
+// runner.
+template <bool kLayerNorm, bool kFused>
 class NormRunner : public Runner {
  public:
-  NormRunner(index_t n, index_t m, index_t tokens, bool fused)
+  NormRunner(index_t n, index_t m, index_t tokens)
       : n_(n),
         m_(m),
         t_(tokens),
-        fused_(fused),
         p_(n, m),
-        layer_(make_layer<kLayerNorm>(n, m, p_)),
+        layer_(make()),
         x_(tokens * n),
         y_(tokens * m),
         ws_(layer_.workspace_size(tokens)) {
@@ -63,11 +77,7 @@ class NormRunner : public Runner {
   void run() override {
     const MatrixView<const float> x(x_.data(), t_, n_);
     const MatrixView<float> y(y_.data(), t_, m_);
-    const Workspace ws{ws_.data(), ws_.size()};
-    if (fused_)
-      layer_.forward(x, y, ws);
-    else
-      layer_.forward_unfused(x, y, ws);
+    layer_.forward(x, y, Workspace{ws_.data(), ws_.size()});
     benchmark::DoNotOptimize(y_.data());
   }
   double flops() const override { return 2.0 * n_ * m_ * t_; }
@@ -82,17 +92,25 @@ class NormRunner : public Runner {
     const auto d = [](const std::vector<float>& v) {
       return std::vector<double>(v.begin(), v.end());
     };
-    const auto ref = reference::norm_linear(
-        kLayerNorm, xs, static_cast<index_t>(rows.size()), n_, m_, d(p_.gamma),
-        kLayerNorm ? d(p_.beta) : std::vector<double>(), d(p_.weight), d(p_.bias), layer_.eps());
+    const auto ref =
+        reference::norm_linear(kLayerNorm, xs, static_cast<index_t>(rows.size()), n_, m_,
+                               d(p_.gamma), kLayerNorm ? d(p_.beta) : std::vector<double>(),
+                               d(p_.weight), d(p_.bias), kEps<kLayerNorm>);
     return reference::compare(ys.data(), static_cast<index_t>(rows.size()), m_, m_, ref).max_rel;
   }
 
  private:
+  using Layer = std::conditional_t<kFused, NormLayer<kLayerNorm>, UnfusedLayer>;
+  Layer make() const {
+    if constexpr (kFused)
+      return make_layer<kLayerNorm>(n_, m_, p_);
+    else
+      return make_unfused<kLayerNorm>(n_, m_, p_);
+  }
+
   index_t n_, m_, t_;
-  bool fused_;
   NormParams p_;
-  NormLayer<kLayerNorm> layer_;
+  Layer layer_;
   std::vector<float> x_, y_;
   std::vector<unsigned char> ws_;
 };
@@ -109,25 +127,25 @@ const RegisterCase table_cases[] = {
     RegisterCase(norm_case(
         "rmsnorm_linear_unfused", "RMSNorm then Linear d -> 4d (unfused)", "rmsnorm_linear_unfused",
         [](const Shape& s) {
-          return std::make_unique<NormRunner<false>>(s.d_model, s.d_ff, s.tokens, false);
+          return std::make_unique<NormRunner<false, false>>(s.d_model, s.d_ff, s.tokens);
         })),
     RegisterCase(norm_case("rmsnorm_linear", "RMSNorm deferred into Linear d -> 4d (vs unfused)",
                            "rmsnorm_linear_unfused",
                            [](const Shape& s) {
-                             return std::make_unique<NormRunner<false>>(s.d_model, s.d_ff, s.tokens,
-                                                                        true);
+                             return std::make_unique<NormRunner<false, true>>(s.d_model, s.d_ff,
+                                                                              s.tokens);
                            })),
     RegisterCase(norm_case("layernorm_linear_unfused", "LayerNorm then Linear d -> 4d (unfused)",
                            "layernorm_linear_unfused",
                            [](const Shape& s) {
-                             return std::make_unique<NormRunner<true>>(s.d_model, s.d_ff, s.tokens,
-                                                                       false);
+                             return std::make_unique<NormRunner<true, false>>(s.d_model, s.d_ff,
+                                                                              s.tokens);
                            })),
     RegisterCase(
         norm_case("layernorm_linear", "LayerNorm deferred into Linear d -> 4d (vs unfused)",
                   "layernorm_linear_unfused",
                   [](const Shape& s) {
-                    return std::make_unique<NormRunner<true>>(s.d_model, s.d_ff, s.tokens, true);
+                    return std::make_unique<NormRunner<true, true>>(s.d_model, s.d_ff, s.tokens);
                   })),
 };
 
@@ -144,32 +162,27 @@ template <bool kLayerNorm>
 void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
   const NormParams p(n, m);
   const auto layer = make_layer<kLayerNorm>(n, m, p);
+  const auto unfused = make_unfused<kLayerNorm>(n, m, p);
   std::vector<float> x(tokens * n), y(tokens * m), xn(tokens * n);
   fill_normal(x.data(), tokens * n, 7, 0.0, 1.0);
-  std::vector<unsigned char> ws(layer.workspace_size(tokens));
+  std::vector<unsigned char> ws(
+      std::max(layer.workspace_size(tokens), unfused.workspace_size(tokens)));
   const MatrixView<const float> xv(x.data(), tokens, n);
   const MatrixView<float> yv(y.data(), tokens, m);
   const Workspace w{ws.data(), ws.size()};
   paired(
-      state, [&] { layer.forward(xv, yv, w); }, [&] { layer.forward_unfused(xv, yv, w); }, "fused",
+      state, [&] { layer.forward(xv, yv, w); }, [&] { unfused.forward(xv, yv, w); }, "fused",
       "unfused");
-  // The share of the unfused time its normalization pass takes: unfused minus the same product
-  // driver (and bias epilogue) run alone on an already-normalized input.
-  const float* b = p.bias.data();
+  // The share of the unfused time its normalization pass takes: unfused minus its product (the
+  // same product driver and bias epilogue) run alone on an already-normalized input.
   auto product = [&] {
-    cpu::norm_linear_product(
-        MatrixView<const float>(xn.data(), tokens, n), p.weight.data(), m, yv,
-        reinterpret_cast<cpu::NormStat<float>*>(ws.data()),
-        [](index_t, cpu::NormStat<float>&, bool) {},
-        [&](index_t t, const cpu::NormStat<float>&, index_t j0, index_t count) {
-          Eigen::Map<Eigen::ArrayXf>(yv.row(t) + j0, count) +=
-              Eigen::Map<const Eigen::ArrayXf>(b + j0, count);
-        });
+    detail::NormOps<float, Cpu>::linear("bench", MatrixView<const float>(xn.data(), tokens, n),
+                                        p.weight.data(), m, p.bias.data(), yv, cpu::Stream());
   };
-  const PathTimes t = interleave(
-      {{"product", [&] { return host_seconds(product); }},
-       {"unfused", [&] { return host_seconds([&] { layer.forward_unfused(xv, yv, w); }); }}},
-      0.0, 5);
+  const PathTimes t =
+      interleave({{"product", [&] { return host_seconds(product); }},
+                  {"unfused", [&] { return host_seconds([&] { unfused.forward(xv, yv, w); }); }}},
+                 0.0, 5);
   state.counters["norm_pass_share"] = std::max(0.0, 1.0 - median_ratio(t[0], t[1]));
   state.counters["tokens"] = static_cast<double>(tokens);
 }
@@ -181,22 +194,22 @@ void bm_softmax(benchmark::State& state, index_t seq, index_t dim) {
   fill_normal(s.data(), q * seq, 1, 0.0, 3.0);
   fill_normal(v.data(), seq * dim, 2, 0.0, 1.0);
   const SoftmaxLinear<float> op;
-  std::vector<unsigned char> ws(op.workspace_size(q, seq));
+  const reference::UnfusedSoftmaxLinear<float> three_pass;
+  std::vector<unsigned char> ws(
+      std::max(op.workspace_size(q, seq, dim), three_pass.workspace_size(q, seq)));
+  const Workspace w{ws.data(), ws.size()};
   const MatrixView<const float> sv(s.data(), q, seq), vv(v.data(), seq, dim);
   const MatrixView<float> yv(y.data(), q, dim);
   paired(
-      state, [&] { op.forward(sv, vv, yv); },
-      [&] {
-        op.forward_unfused(sv, vv, yv, {}, Workspace{ws.data(), ws.size()});
-      },
+      state, [&] { op.forward(sv, vv, yv, {}, w); }, [&] { three_pass.forward(sv, vv, yv, {}, w); },
       "one_pass", "three_pass");
   state.counters["queries"] = static_cast<double>(q);
 }
 
 }  // namespace
 
-// Registers the full suite; called by ffnkit_bench_norm's main (bench/norm_main.cpp) only, so the
-// main table and its smoke test stay small.
+// Registers the full suite; called by ffnkit_bench's main for --suite=norm only, so the main table
+// and its smoke test stay small.
 void register_norm_suite() {
   for (index_t d : {768, 2048, 4096}) {
     for (index_t mult : {1, 4}) {

@@ -1,13 +1,12 @@
-// Deferred normalization (docs/math.md §7) on the real CUDA backend, in ffnkit_bench_norm:
-// RMSNormLinear / LayerNormLinear fused against unfused, d in {768, 2048, 4096} into d_out in
-// {d, 4d}, tokens in {1, 16, 128, 2048}, and Softmax V one-pass against three-pass at sequence
-// lengths {128, 1024, 4096, 16384}, head dim 64 and 128; fp32 and fp16. Timed with cudaEvents on
-// one created stream, the paths interleaved (bench/harness.hpp: run_interleaved; drift hits all of
-// them); counters: each path's median in ms and speedup = median over rounds of second path /
-// first. Without a device every case is skipped with the reason (SkipWithError), never reported as
-// a time. The emulator is never benchmarked: its timings would say nothing about a GPU.
-#include <cuda_runtime_api.h>
-
+// Deferred normalization (docs/math.md §7) on the real CUDA backend, in ffnkit_bench --suite=norm:
+// RMSNormLinear / LayerNormLinear fused against the unfused baseline (reference/unfused_norm.hpp),
+// d in {768, 2048, 4096} into d_out in {d, 4d}, tokens in {1, 16, 128, 2048}, and Softmax V
+// one-pass against three-pass at sequence lengths {128, 1024, 4096, 16384}, head dim 64 and 128;
+// fp32 and fp16. Timed with cudaEvents (bench/device_timer.hpp) on one created stream, the paths
+// interleaved (bench/harness.hpp: run_interleaved; drift hits all of them); counters: each path's
+// median in ms and speedup = median over rounds of second path / first. Without a device every
+// case is skipped with the reason (SkipWithError), never reported as a time. The emulator is never
+// benchmarked: its timings would say nothing about a GPU.
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -16,56 +15,26 @@
 #include <utility>
 #include <vector>
 
+#include "device_timer.hpp"
 #include "ffnkit/norm.hpp"
+#include "ffnkit/reference/unfused_norm.hpp"
 #include "harness.hpp"
 
 namespace ffnkit {
 namespace bench {
 namespace {
 
-// Skips the case visibly when there is no usable device; true when skipped.
-bool skip_without_device(benchmark::State& state) {
-  std::string why;
-  if (cuda::device_available(&why)) return false;
-  state.SkipWithError((kNoDevice + why).c_str());
-  return true;
-}
-
-void check(cudaError_t e, const char* call) {
-  if (e != cudaSuccess) fail(call, cudaGetErrorString(e));
-}
-
-// An owned timing event: destroyed even when the case throws half-way.
-struct TimingEvent {
-  cudaEvent_t e = nullptr;
-  TimingEvent() { check(cudaEventCreate(&e), "cudaEventCreate"); }
-  ~TimingEvent() {
-    if (e) cudaEventDestroy(e);
-  }
-  TimingEvent(const TimingEvent&) = delete;
-  TimingEvent& operator=(const TimingEvent&) = delete;
-};
-
 using Path = std::pair<std::string, std::function<void()>>;
 
-// Times every path between two events on `stream`, interleaved; the benchmark's time is the
+// Times every path with the device timer on `stream`, interleaved; the benchmark's time is the
 // first path's. Everything a path queues must be on `stream`.
 void timed_paths(benchmark::State& state, const cuda::Stream& stream,
                  const std::vector<Path>& paths) {
-  TimingEvent start, stop;
-  const auto s = static_cast<cudaStream_t>(stream.handle());
+  DeviceTimer timer("cuda norm case");
   std::vector<TimedPath> timed;
-  for (const auto& p : paths) {
-    timed.push_back({p.first, [&start, &stop, s, &run = p.second] {
-                       check(cudaEventRecord(start.e, s), "cudaEventRecord");
-                       run();
-                       check(cudaEventRecord(stop.e, s), "cudaEventRecord");
-                       check(cudaEventSynchronize(stop.e), "cudaEventSynchronize");
-                       float ms = 0;
-                       check(cudaEventElapsedTime(&ms, start.e, stop.e), "cudaEventElapsedTime");
-                       return ms * 1e-3;
-                     }});
-  }
+  for (const auto& p : paths)
+    timed.push_back(
+        {p.first, [&timer, &stream, &run = p.second] { return timer.seconds(stream, run); }});
   report_path_medians(state, timed, run_interleaved(state, timed));
 }
 
@@ -90,7 +59,7 @@ cuda::DeviceBuffer<T> device_gaussian(index_t count, double stddev, std::uint64_
 // Up to 16 tokens every fused path is the decode kernel.
 template <class T, bool kLayerNorm>
 void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
-  if (skip_without_device(state)) return;
+  require_device("cuda norm case");  // before anything is allocated: the case's skip reason
   const double inv_sqrt_n = 1.0 / std::sqrt(static_cast<double>(n));
   const auto gamma = gaussian<T>(n, 1.0, 0.1, 1), beta = gaussian<T>(n, 0.0, 0.1, 2);
   const auto weight = gaussian<T>(n * m, 0.0, inv_sqrt_n, 3), bias = gaussian<T>(m, 0.0, 0.1, 4);
@@ -101,9 +70,13 @@ void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
     else
       return Layer(n, m, gamma.data(), weight.data(), bias.data());
   }();
+  const reference::UnfusedNormLinear<T, Cuda> unfused(kLayerNorm, n, m, gamma.data(),
+                                                      kLayerNorm ? beta.data() : nullptr,
+                                                      weight.data(), bias.data(), layer.eps());
   const auto x = device_gaussian<T>(tokens * n, 1.0, 7);
   cuda::DeviceBuffer<T> y(static_cast<std::size_t>(tokens * m));
-  cuda::DeviceBuffer<unsigned char> ws(layer.workspace_size(tokens));
+  cuda::DeviceBuffer<unsigned char> ws(
+      std::max(layer.workspace_size(tokens), unfused.workspace_size(tokens)));
   const cuda::Stream stream = cuda::Stream::create();
   const MatrixView<const T> xv(x.data(), tokens, n);
   const MatrixView<T> yv(y.data(), tokens, m);
@@ -115,10 +88,9 @@ void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
     (void)deferred;
     layer.forward(xv, yv, w, MatrixView<T>(), stream);
   };
-  std::vector<Path> paths = {
-      {"fused", [&] { fused(true, true); }},
-      {"unfused", [&] { layer.forward_unfused(xv, yv, w, MatrixView<T>(), stream); }},
-      {"fused_one_stream", [&] { fused(false, true); }}};
+  std::vector<Path> paths = {{"fused", [&] { fused(true, true); }},
+                             {"unfused", [&] { unfused.forward(xv, yv, w, stream); }},
+                             {"fused_one_stream", [&] { fused(false, true); }}};
   if (kLayerNorm) paths.push_back({"fused_default", [&] { fused(true, false); }});
   timed_paths(state, stream, paths);
   state.counters["tokens"] = static_cast<double>(tokens);
@@ -129,22 +101,23 @@ void bm_norm(benchmark::State& state, index_t n, index_t m, index_t tokens) {
 // A block of up to 512 queries against `seq` keys, as the CPU suite (bench/cases_norm.cpp).
 template <class T>
 void bm_softmax(benchmark::State& state, index_t seq, index_t dim) {
-  if (skip_without_device(state)) return;
+  require_device("cuda norm case");  // before anything is allocated: the case's skip reason
   const index_t q = std::min<index_t>(seq, 512);
   const auto s = device_gaussian<T>(q * seq, 3.0, 1);
   const auto v = device_gaussian<T>(seq * dim, 1.0, 2);
   cuda::DeviceBuffer<T> y(static_cast<std::size_t>(q * dim));
   const SoftmaxLinear<T, Cuda> op;
-  cuda::DeviceBuffer<unsigned char> ws(op.workspace_size(q, seq));
+  const reference::UnfusedSoftmaxLinear<T, Cuda> three_pass;
+  cuda::DeviceBuffer<unsigned char> ws(
+      std::max(op.workspace_size(q, seq, dim), three_pass.workspace_size(q, seq)));
+  const Workspace w{ws.data(), ws.bytes()};
   const cuda::Stream stream = cuda::Stream::create();
   const MatrixView<const T> sv(s.data(), q, seq), vv(v.data(), seq, dim);
   const MatrixView<T> yv(y.data(), q, dim);
-  timed_paths(state, stream,
-              {{"one_pass", [&] { op.forward(sv, vv, yv, MatrixView<const T>(), stream); }},
-               {"three_pass", [&] {
-                  op.forward_unfused(sv, vv, yv, MatrixView<const T>(),
-                                     Workspace{ws.data(), ws.bytes()}, stream);
-                }}});
+  timed_paths(
+      state, stream,
+      {{"one_pass", [&] { op.forward(sv, vv, yv, MatrixView<const T>(), w, stream); }},
+       {"three_pass", [&] { three_pass.forward(sv, vv, yv, MatrixView<const T>(), w, stream); }}});
   state.counters["queries"] = static_cast<double>(q);
 }
 
@@ -174,7 +147,7 @@ void register_dtype(const std::string& dtype) {
 
 }  // namespace
 
-// Called by ffnkit_bench_norm's main (bench/norm_main.cpp) when the Cuda backend is built.
+// Called by ffnkit_bench's main for --suite=norm when the Cuda backend is built.
 void register_norm_cuda_suite() {
   register_dtype<float>("f32");
   register_dtype<__half>("f16");

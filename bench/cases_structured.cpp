@@ -56,7 +56,7 @@ class StructuredRunner : public Runner {
         ws_(ffn_.workspace_size(s.tokens)) {
     fill_normal(x_.data(), static_cast<index_t>(x_.size()), 7, 0.0, 1.0);
     fill_normal(dy_.data(), static_cast<index_t>(dy_.size()), 8, 0.0, 1.0);
-    if (train_) grads_ = make_grads(ffn_.params());
+    if (train_) grads_ = ffn_.make_grads();
   }
   void run() override {
     const MatrixView<const float> x(x_.data(), s_.tokens, s_.d_model);

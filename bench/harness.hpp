@@ -1,5 +1,5 @@
 // The benchmark harness: a registry of layer cases, each of which can be prepared at an FFN shape
-// and run, and the one timing mechanism of both benchmark binaries: the paths a figure compares
+// and run, and the one timing mechanism of the benchmark binary: the paths a figure compares
 // (a case and its baseline; fused and unfused) run interleaved in one benchmark body, each run
 // timed on its own, so a load change on the machine hits all of them. Every case reports
 // speedup_vs_dense, the median over those rounds of baseline time / case time, and its max error
@@ -124,6 +124,15 @@ double median_ratio(const std::vector<double>& num, const std::vector<double>& d
 benchmark::internal::Benchmark* register_paired(const std::string& name,
                                                 std::function<void(benchmark::State&)> body);
 
+// The deferred-normalization suite (ffnkit_bench --suite=norm): fused against unfused, one-pass
+// against three-pass Softmax V, at shapes of its own, with register_paired (bench/cases_norm.cpp;
+// the device half, bench/cases_norm_cuda.cpp, with the Cuda backend only). Registered on request
+// only, so that the main table and its smoke test stay small.
+void register_norm_suite();
+#ifdef FFNKIT_WITH_CUDA
+void register_norm_cuda_suite();
+#endif
+
 // ---- Configuration and running ---------------------------------------------------------------
 
 // What a figure depends on: the build, the ISA the benchmark code was compiled for, the BLAS, the
@@ -139,8 +148,8 @@ const std::vector<ConfigItem>& configuration();
 // table), not --crossover's sequential times.
 void print_configuration(std::FILE* out, bool paired);
 
-// Both binaries' Google Benchmark run: the configuration goes into the benchmark context (the
-// console header on stderr, the JSON "context"), never onto stdout, so --benchmark_format=json
+// Every Google Benchmark run of ffnkit_bench: the configuration goes into the benchmark context
+// (the console header on stderr, the JSON "context"), never onto stdout, so --benchmark_format=json
 // prints JSON only. Returns main's exit code.
 int run_benchmarks(int argc, char** argv, benchmark::BenchmarkReporter* display = nullptr);
 

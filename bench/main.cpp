@@ -1,4 +1,5 @@
-// ffnkit_bench: every registered layer case against the dense FFN.
+// ffnkit_bench: every registered layer case against the dense FFN, and the deferred-normalization
+// suite.
 //   ffnkit_bench                  the full suite (Google Benchmark output, all flags work; the
 //                                 configuration is in the context: stderr, or the JSON's "context")
 //   ffnkit_bench --table          the main job: the default shape (BERT-base, d=768, d_ff=3072)
@@ -10,6 +11,11 @@
 //                                 count, for each projection at the paper's settings
 //   ffnkit_bench --d=1024 --tokens=1,128 ...   restrict the shapes of any mode (--crossover
 //                                 calibrates up to the largest token count)
+//   ffnkit_bench --suite=norm     the deferred-normalization suite instead (bench/cases_norm.cpp):
+//                                 fused against unfused, one-pass against three-pass Softmax V, at
+//                                 shapes of its own; with the Cuda backend its device cases too
+//                                 (they skip visibly without a device). Google Benchmark's flags
+//                                 only, e.g. --benchmark_filter=cuda_ for the device cases
 // Each case runs interleaved with its baseline (case, baseline, case, ...), every run timed on its
 // own; --benchmark_min_time is the time of both together (bench/harness.hpp).
 #include <benchmark/benchmark.h>
@@ -154,6 +160,7 @@ int main(int argc, char** argv) {
   bool all_cases = false;     // --all: the table also shows training and pre-merge cases
   bool list_skipped = false;  // --list-skipped: one table row per no-device skip
   bool crossover = false;
+  std::string suite = "layers";  // --suite=norm: the deferred-normalization suite instead
   std::vector<index_t> dims = {768, 1024, 2048};
   std::vector<index_t> tokens = {1, 16, 128, 512, 2048, 8192};
   bool dims_set = false, tokens_set = false, min_time_set = false;
@@ -169,6 +176,10 @@ int main(int argc, char** argv) {
         list_skipped = true;
       } else if (a == "--crossover") {
         crossover = true;
+      } else if (a.rfind("--suite=", 0) == 0) {
+        suite = a.substr(8);
+        if (suite != "layers" && suite != "norm")
+          ffnkit::fail("ffnkit_bench", "unknown suite \"", suite, "\" (layers, norm)");
       } else if (a.rfind("--d=", 0) == 0) {
         dims = parse_list(a.substr(4));
         dims_set = true;
@@ -183,6 +194,19 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 2;
+  }
+  if (suite == "norm") {
+    if (table || all_cases || list_skipped || crossover || dims_set || tokens_set) {
+      std::fprintf(stderr,
+                   "ffnkit_bench: --suite=norm has shapes of its own and no table; it takes Google "
+                   "Benchmark's flags only\n");
+      return 2;
+    }
+    ffnkit::bench::register_norm_suite();
+#ifdef FFNKIT_WITH_CUDA
+    ffnkit::bench::register_norm_cuda_suite();
+#endif
+    return ffnkit::bench::run_benchmarks(static_cast<int>(rest.size()), rest.data());
   }
   if (table) {
     if (!dims_set) dims = {768};

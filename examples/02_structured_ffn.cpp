@@ -55,7 +55,7 @@ int main() {
   // 4. Backward, and one finite difference on the first entry of up.lr1 (in float, so loose).
   std::vector<float> dy(tokens * d, 0.f), dx(tokens * d);
   dy[5] = 1.f;  // loss = y[0, 5]
-  auto grads = make_grads(ffn.params());
+  auto grads = ffn.make_grads();
   ffn.backward(make_view<const float>(x.data(), tokens, d),
                make_view<const float>(dy.data(), tokens, d), make_view(dx.data(), tokens, d),
                grads);

@@ -28,7 +28,7 @@ int main() {
                                             AlphaSchedule::cosine(steps, 0.5),
                                             /*stochastic=*/true, /*seed=*/7);
   std::vector<double> x(tokens * n), y(tokens * m), target(tokens * m), dy(tokens * m);
-  auto grads = make_grads(student.params());
+  auto grads = student.make_grads();
   Rng data(99);
   double first_loss = 0, last_loss = 0;
   bool schedule_ok = true;
@@ -67,7 +67,7 @@ int main() {
       const std::size_t freed = student.guide_bytes();
       student.drop_guide();
       student.forward(xv, make_view(after.data(), tokens, m));
-      grads = make_grads(student.params());
+      grads = student.make_grads();
       std::printf("step %lld: alpha reached 0, guide dropped (%zu bytes freed), outputs %s\n",
                   (long long)student.step_count(), freed,
                   before == after ? "unchanged" : "CHANGED");

@@ -60,11 +60,11 @@ int main() {
   //    through the oracle with the recorded path held fixed.
   std::vector<float> dy(tokens * d, 0.f), dx(tokens * d);
   dy[3] = 1.f;
-  auto copy = fff;
-  auto grads = make_grads(copy.params());
+  auto grads = fff.make_grads();  // linear_in.weight, linear_in.bias, w_out: zero-filled
+  std::vector<unsigned char> scratch(fff.backward_workspace_size(tokens));
   fff.backward(make_view<const float>(x.data(), tokens, d), leaves.data(),
-               make_view<const float>(dy.data(), tokens, d), make_view(dx.data(), tokens, d),
-               grads);
+               make_view<const float>(dy.data(), tokens, d), make_view(dx.data(), tokens, d), grads,
+               {scratch.data(), scratch.size()});
   const double h = 1e-4;
   auto loss = [&](double delta) {
     auto wp = w;

@@ -5,7 +5,8 @@
 // (W' = W diag γ), so each forward is one product on the raw x with the per-token scale
 // r = 1/sqrt(mean(x²) + ε) applied in its epilogue: y = r (W' x) + b. The example:
 //   1. runs the fused forward at decode (1 token) and at prefill (64 tokens) sizes;
-//   2. runs the unfused path (normalize into a buffer, then the product) on the same input;
+//   2. runs the unfused baseline (reference::UnfusedNormLinear: normalize into a buffer, then the
+//      product on the unfolded W) on the same input;
 //   3. checks both against the float64 RMSNorm-then-Linear and against each other;
 //   4. also asks the fused path for the normalized activations (for a residual or a cache).
 // It exits non-zero on any mismatch, so it doubles as a test.
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <ffnkit/ffnkit.hpp>
 #include <ffnkit/reference.hpp>
+#include <ffnkit/reference/unfused_norm.hpp>
 #include <vector>
 
 int main() {
@@ -24,6 +26,8 @@ int main() {
   fill_normal(weight.data(), d * d_out, 2, 0.0, 1.0 / std::sqrt(static_cast<double>(d)));
   fill_normal(bias.data(), d_out, 3, 0.0, 0.1);
   const RMSNormLinear<float> layer(d, d_out, gamma.data(), weight.data(), bias.data(), eps);
+  const auto unfused = reference::UnfusedNormLinear<float>::rms_norm(
+      d, d_out, gamma.data(), weight.data(), bias.data(), eps);
 
   auto to64 = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
   bool ok = true;
@@ -31,10 +35,10 @@ int main() {
     std::vector<float> x(tokens * d), y(tokens * d_out), yu(tokens * d_out), xn(tokens * d);
     fill_normal(x.data(), tokens * d, 4 + tokens, 0.5, 2.0);  // an activation with some mean
     std::vector<unsigned char> ws(layer.workspace_size(tokens));
-    const Workspace w{ws.data(), ws.size()};
     const auto xv = make_view<const float>(x.data(), tokens, d);
-    layer.forward(xv, make_view(y.data(), tokens, d_out), w, make_view(xn.data(), tokens, d));
-    layer.forward_unfused(xv, make_view(yu.data(), tokens, d_out), w);
+    layer.forward(xv, make_view(y.data(), tokens, d_out), Workspace{ws.data(), ws.size()},
+                  make_view(xn.data(), tokens, d));
+    unfused.forward(xv, make_view(yu.data(), tokens, d_out));
 
     std::vector<double> xn_ref;
     const auto ref = reference::norm_linear(false, to64(x), tokens, d, d_out, to64(gamma), {},

@@ -6,13 +6,15 @@
 // e^{m_old − m_new} when the max moves, so no exponent ever exceeds 0 and the probabilities are
 // never written out. The example:
 //   1. builds Q, K, V and the scores (with a large logit scale, as a sharp attention head has);
-//   2. runs the one-pass forward and the three-pass reference (max, exp-sum, normalize, GEMM);
+//   2. runs the one-pass forward and the three-pass baseline reference::UnfusedSoftmaxLinear
+//      (max, exp-sum, normalize, GEMM);
 //   3. checks both against float64, and that a fully masked query row gives zeros, not NaN.
 // It exits non-zero on any mismatch, so it doubles as a test.
 #include <cmath>
 #include <cstdio>
 #include <ffnkit/ffnkit.hpp>
 #include <ffnkit/reference.hpp>
+#include <ffnkit/reference/unfused_norm.hpp>
 #include <limits>
 #include <vector>
 
@@ -35,12 +37,14 @@ int main() {
     }
 
   const SoftmaxLinear<float> attn;
+  const reference::UnfusedSoftmaxLinear<float> three_pass;
   std::vector<float> y(seq * dh), yu(seq * dh);
+  std::vector<unsigned char> ws(attn.workspace_size(seq, seq, dh));
   const auto sv = make_view<const float>(s.data(), seq, seq);
   const auto vv = make_view<const float>(v.data(), seq, dh);
   const auto mv = make_view<const float>(mask.data(), seq, seq);
-  attn.forward(sv, vv, make_view(y.data(), seq, dh), mv);
-  attn.forward_unfused(sv, vv, make_view(yu.data(), seq, dh), mv);
+  attn.forward(sv, vv, make_view(y.data(), seq, dh), mv, Workspace{ws.data(), ws.size()});
+  three_pass.forward(sv, vv, make_view(yu.data(), seq, dh), mv);
 
   auto to64 = [](const std::vector<float>& a) { return std::vector<double>(a.begin(), a.end()); };
   const auto ref = reference::softmax_v(to64(s), to64(mask), seq, seq, to64(v), dh);

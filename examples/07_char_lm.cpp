@@ -61,7 +61,7 @@ std::uint64_t guide_seed(std::uint64_t layer_seed) {
 
 Model<Linear>::LayerFactory dense_layers() {
   return
-      [](index_t in, index_t out, std::uint64_t s) { return Linear::random(in, out, s, kInitStd); };
+      [](index_t in, index_t out, std::uint64_t s) { return random_linear(in, out, s, kInitStd); };
 }
 Model<LR>::LayerFactory lowrank_layers(const Config& c) {
   const index_t r = lowrank_rank(c);

@@ -135,7 +135,7 @@ std::vector<float> run_block(const std::string& path, FfnKind kind, const std::v
     for (index_t j = i + 1; j < tokens; ++j) mask[i * tokens + j] = -INFINITY;
   Arena arena;
   arena.reserve(qkv.workspace_size(tokens));
-  arena.reserve(softmax_v.forward_workspace_size(tokens, tokens, kHeadDim));
+  arena.reserve(softmax_v.workspace_size(tokens, tokens, kHeadDim));
 
   // Attention. QKV in one product, the RMSNorm's scale in its epilogue.
   qkv.forward(make_view<const float>(x.data(), tokens, kModel),

@@ -72,8 +72,6 @@ class Layer final : public ffnkit_layer {
     if constexpr (std::is_same<L, ffnkit::DenseLinear<float, ffnkit::Cpu>>::value) {
       (void)ws;
       layer_.forward(x, y);
-    } else if constexpr (std::is_same<L, ffnkit::FastFeedForward<float, ffnkit::Cpu>>::value) {
-      layer_.forward(x, y, nullptr, ffnkit::FffKernel::kAuto, ws);
     } else {
       layer_.forward(x, y, ws);
     }

@@ -210,7 +210,7 @@ TEST(NoHeapInForward, NormLinearAndSoftmax) {
     const index_t keys = 700, dim = 64;
     Buffers sv(q, keys, dim);
     std::vector<float> v(static_cast<std::size_t>(keys * dim), 0.5f);
-    Scratch s(sm.forward_workspace_size(q, keys, dim));
+    Scratch s(sm.workspace_size(q, keys, dim));
     EXPECT_NO_HEAP(sm.forward(sv.xv(), make_view(v.data(), keys, dim), sv.yv(),
                               MatrixView<const float>(), s.ws()));
   }

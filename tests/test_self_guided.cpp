@@ -438,9 +438,9 @@ TYPED_TEST(SelfGuidedTest, DropGuideFreesMemoryAndLeavesS) {
     GuardedMatrix<T> dy(tokens, out);
     dy.set(test::random_vector<T>(tokens * out, 6));
     std::vector<T> dx(tokens * in), dx_s(tokens * in);
-    auto grads = make_grads(sg.params());
+    auto grads = sg.make_grads();
     auto L_copy = s;
-    auto grads_s = make_grads(L_copy.params());
+    auto grads_s = L_copy.make_grads();
     GuardedMatrix<T> y(tokens, out);
     sg.forward(x.cview(), y.view());
     sg.backward(x.cview(), dy.cview(), make_view(dx.data(), tokens, in), grads);
@@ -479,7 +479,7 @@ TYPED_TEST(SelfGuidedTest, BadInputsGetClearErrors) {
   EXPECT_TRUE(test::throws_error([&] { fwd({nullptr, 4, in}, {y, 4, out}); }, {"x.data", "null"}));
   EXPECT_TRUE(test::throws_error([&] { fwd({y, 4, in}, {y, 4, out}); }, {"overlap"}));
   // A forward that threw drew no decision: backward still has none.
-  auto grads = make_grads(sg.params());
+  auto grads = sg.make_grads();
   const MatrixView<const T> xv(x, 4, in), dyv(db.data(), 4, out);
   const MatrixView<T> dxv(dxb.data(), 4, in);
   EXPECT_TRUE(test::throws_error([&] { sg.backward(xv, dyv, dxv, grads); },
@@ -588,7 +588,7 @@ void check_against_finite_differences(SelfGuided<L>& sg, index_t tokens,
     return l;
   };
   auto params = sg.params();
-  auto grads = make_grads(params);
+  auto grads = sg.make_grads();
   for (auto& g : grads) std::fill(g.begin(), g.end(), 1e300);  // backward must overwrite
   std::vector<double> dx(static_cast<std::size_t>(tokens * in), 1e300);
   sg.backward(xv, rv, make_view(dx.data(), tokens, in), grads, d);
@@ -670,14 +670,14 @@ TYPED_TEST(SelfGuidedGradTest, BackwardWithoutTokenUsesTheLastForward) {
   std::vector<double> y(tokens * out);
   for (int i = 0; i < 16; ++i) {
     const auto d = sg.forward(xv, make_view(y.data(), tokens, out));
-    auto g1 = make_grads(sg.params()), g2 = g1;
+    auto g1 = sg.make_grads(), g2 = g1;
     std::vector<double> dx1(tokens * in), dx2(tokens * in);
     sg.backward(xv, dyv, make_view(dx1.data(), tokens, in), g1);
     sg.backward(xv, dyv, make_view(dx2.data(), tokens, in), g2, d);
     EXPECT_EQ(g1, g2);
     EXPECT_EQ(dx1, dx2);
     // dx is optional.
-    auto g3 = make_grads(sg.params());
+    auto g3 = sg.make_grads();
     sg.backward(xv, dyv, MatrixView<double>(), g3, d);
     EXPECT_EQ(g1, g3);
   }
@@ -795,7 +795,7 @@ TYPED_TEST(SelfGuidedBackendTest, BlendAndBackwardMatchTheCpuDoubleTwin) {
 
       std::vector<double> y64(static_cast<std::size_t>(tokens * out)),
           dx64(static_cast<std::size_t>(tokens * in));
-      auto g64 = make_grads(ref.params());
+      auto g64 = ref.make_grads();
       ref.forward(make_view<const double>(x64.data(), tokens, in),
                   make_view(y64.data(), tokens, out));
       ref.backward(make_view<const double>(x64.data(), tokens, in),

@@ -253,7 +253,7 @@ void expect_gradients_match_finite_differences(Model& model, index_t tokens, ind
     for (std::size_t i = 0; i < y.size(); ++i) s += dy[i] * y[i];
     return s;
   };
-  auto grads = make_grads(model.params());
+  auto grads = model.make_grads();
   model.backward(make_view<const double>(x.data(), tokens, n),
                  make_view<const double>(dy.data(), tokens, m), make_view(dx.data(), tokens, n),
                  grads);
@@ -418,7 +418,7 @@ TEST(StructuredErrors, BadShapesAndArgumentsAreNamed) {
       {"x.rows (tokens) = 0"}));
   EXPECT_TRUE(throws_error([&] { l.forward({nullptr, 4, 8}, {y.data(), 4, 12}); }, {"x.data"}));
   EXPECT_TRUE(throws_error([&] { l.forward({y.data(), 4, 8}, {y.data(), 4, 12}); }, {"overlap"}));
-  auto grads = make_grads(l.params());
+  auto grads = l.make_grads();
   grads[1].pop_back();
   EXPECT_TRUE(throws_error(
       [&] {
@@ -427,7 +427,7 @@ TEST(StructuredErrors, BadShapesAndArgumentsAreNamed) {
       {"grads[1]", "blkdiag2"}));
   EXPECT_TRUE(throws_error(
       [&] {
-        auto g = make_grads(l.params());
+        auto g = l.make_grads();
         l.backward({x.data(), 4, 8}, {y.data(), 3, 12}, {dx.data(), 4, 8}, g);
       },
       {"dy.rows = 3", "x.rows = 4"}));
@@ -567,7 +567,7 @@ TYPED_TEST(StructuredTest, FfnBackwardMatchesCpuDoubleBackward) {
       ASSERT_TRUE(dx.guards_intact());
       const auto xd = x.to_double(), dyd = dy.to_double();
       std::vector<double> dx_ref(static_cast<std::size_t>(tokens * d));
-      auto g_ref = make_grads(ref.params());
+      auto g_ref = ref.make_grads();
       ref.backward(make_view<const double>(xd.data(), tokens, d),
                    make_view<const double>(dyd.data(), tokens, d),
                    make_view(dx_ref.data(), tokens, d), g_ref);
@@ -757,7 +757,7 @@ TEST(StructuredFfnGradient, FusedSwigluMatchesTheSplitForm) {
   auto split = StructuredFFN<LR, LR>::swiglu(half_of(gate_up, 0), half_of(gate_up, 1), down);
   const auto x = test::random_vector<double>(t * d, 3), dy = test::random_vector<double>(t * d, 4);
   std::vector<double> dxf(t * d), dxs(t * d);
-  auto gf = make_grads(fused.params()), gs = make_grads(split.params());
+  auto gf = fused.make_grads(), gs = split.make_grads();
   fused.backward(make_view<const double>(x.data(), t, d), make_view<const double>(dy.data(), t, d),
                  make_view(dxf.data(), t, d), gf);
   split.backward(make_view<const double>(x.data(), t, d), make_view<const double>(dy.data(), t, d),
@@ -823,7 +823,7 @@ TEST(StructuredErrors, SwigluArgumentsAreNamed) {
         fused.forward({x.data(), 4, 7}, {y.data(), 4, 8});
       },
       {"x.cols = 7", "d_model = 8"}));
-  auto g = make_grads(fused.params());
+  auto g = fused.make_grads();
   g[1].pop_back();
   EXPECT_TRUE(throws_error(
       [&] {
@@ -847,7 +847,7 @@ TEST(StructuredFfnGradient, MatchesFiniteDifferencesInDouble) {
     auto xb = test::random_vector<double>(big * d, 1),
          dyb = test::random_vector<double>(big * d, 2);
     std::vector<double> dxb(big * d);
-    auto g = make_grads(ffn.params());
+    auto g = ffn.make_grads();
     ffn.backward(make_view<const double>(xb.data(), big, d),
                  make_view<const double>(dyb.data(), big, d), make_view(dxb.data(), big, d), g);
     return ffn;

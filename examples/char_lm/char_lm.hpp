@@ -9,10 +9,8 @@
 // cosine learning rate with linear warm-up, seeded batches and a fixed train/validation split.
 //
 // The FFN is generic over its projection layer (`Ffn<Layer>`): ffnkit's LowRankLinear,
-// BlockDenseLinear, their SelfGuided<> wrappers, or the dense `Linear` below. ffnkit's DenseLinear
-// has no backward yet, so `Linear` is written here on ffnkit's own GEMM kernels (the ones its
-// structured layers' backward passes use); every run therefore goes through the same code path and
-// wall times compare like with like.
+// BlockDenseLinear, their SelfGuided<> wrappers, or ffnkit's DenseLinear (`Linear` below); all run
+// on the same GEMM kernels, so wall times compare like with like.
 //
 // Everything is float32 and single-process; the GEMMs are threaded by Eigen/OpenBLAS/OpenMP.
 #pragma once
@@ -128,41 +126,15 @@ inline Corpus load_fortunes(const std::string& dir = "/usr/share/games/fortunes"
 }
 
 // ---------------------------------------------------------------------------------------------
-// A dense linear layer with the same interface as ffnkit's structured layers.
+// The dense layer: ffnkit's DenseLinear, with N(0, stddev²) weights and a zero bias.
 // ---------------------------------------------------------------------------------------------
-struct Linear {
-  using Scalar = float;
-  index_t in = 0, out = 0;
-  Buf w, b;  // w: [out x in] (PyTorch layout), b: [out]
+using Linear = ffnkit::DenseLinear<float>;
 
-  static Linear random(index_t in, index_t out, std::uint64_t seed, double stddev) {
-    Linear l;
-    l.in = in;
-    l.out = out;
-    l.w.resize(static_cast<std::size_t>(in * out));
-    ffnkit::fill_normal(l.w.data(), in * out, seed, 0.0, stddev);
-    l.b.assign(static_cast<std::size_t>(out), 0.0f);
-    return l;
-  }
-  index_t in_features() const { return in; }
-  index_t out_features() const { return out; }
-  index_t parameter_count() const { return in * out + out; }
-  double flops_per_token() const { return 2.0 * static_cast<double>(in * out); }
-
-  void forward(const MatrixView<const float>& x, const MatrixView<float>& y) const {
-    ffnkit::cpu::fill_rows(y, b.data());
-    ffnkit::cpu::gemm_xwt(x, w.data(), out, y, /*accumulate=*/true);
-  }
-  // grads: {w, b}, overwritten; dx skipped when dx.data is null.
-  void backward(const MatrixView<const float>& x, const MatrixView<const float>& dy,
-                const MatrixView<float>& dx, GradList<float>& g) const {
-    ffnkit::cpu::gemm_xwt_backward(x, dy, w.data(), g[0].data(), dx, false);
-    ffnkit::cpu::bias_grad(dy, g[1].data());
-  }
-  std::vector<ParamView<float>> params() {
-    return {{"weight", {out, in}, w.data(), in * out}, {"bias", {out}, b.data(), out}};
-  }
-};
+inline Linear random_linear(index_t in, index_t out, std::uint64_t seed, double stddev) {
+  Buf w(static_cast<std::size_t>(in * out)), b(static_cast<std::size_t>(out), 0.0f);
+  ffnkit::fill_normal(w.data(), in * out, seed, 0.0, stddev);
+  return Linear(in, out, w.data(), b.data());
+}
 
 // ---------------------------------------------------------------------------------------------
 // Per-layer hooks: what differs between a plain layer and a SelfGuided one.
@@ -261,8 +233,8 @@ struct Ffn {
   Ffn(Layer u, Layer d) : up(std::move(u)), down(std::move(d)) { reset_grads(); }
   // After a SelfGuided layer drops its guide its params() shrink; the gradient buffers follow.
   void reset_grads() {
-    g_up = ffnkit::make_grads(up.params());
-    g_down = ffnkit::make_grads(down.params());
+    g_up = up.make_grads();
+    g_down = down.make_grads();
   }
   index_t d_ff() const { return up.out_features(); }
 
@@ -375,10 +347,10 @@ class Model {
     g_emb_.assign(emb_.size(), 0.0f);
     // Unit-scale embeddings and a 1/sqrt(fan-in) projection start the residual stream at unit
     // RMS; the FFNs' and head's 0.02 init (GPT-2's) starts every block close to the identity.
-    in_proj_ = Linear::random(wide, c.d, seed + 2, 1.0 / std::sqrt(static_cast<double>(wide)));
-    head_ = Linear::random(c.d, kVocab, seed + 3, 0.02);
-    g_in_ = ffnkit::make_grads(in_proj_.params());
-    g_head_ = ffnkit::make_grads(head_.params());
+    in_proj_ = random_linear(wide, c.d, seed + 2, 1.0 / std::sqrt(static_cast<double>(wide)));
+    head_ = random_linear(c.d, kVocab, seed + 3, 0.02);
+    g_in_ = in_proj_.make_grads();
+    g_head_ = head_.make_grads();
     for (index_t l = 0; l < c.blocks; ++l) {
       norms_.emplace_back(c.d);
       ffns_.emplace_back(make_layer(c.d, c.d_ff, seed + 100 + 2 * l),

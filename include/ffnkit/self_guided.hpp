@@ -207,6 +207,23 @@ class SelfGuided {
     guide_ = Ops::upload(std::vector<T>(weights, weights + n));
   }
 
+  // ----- the operator contract -----
+  // Forward: S(x) for the blend, then S's own scratch.
+  std::size_t workspace_size(index_t tokens) const {
+    return branch_bytes(tokens) + s_.workspace_size(tokens);
+  }
+  // Backward: the scaled dy, then S's own backward scratch.
+  std::size_t backward_workspace_size(index_t tokens) const {
+    return branch_bytes(tokens) + s_.backward_workspace_size(tokens);
+  }
+  void check_forward(const MatrixView<const T>& x, const MatrixView<T>& y,
+                     Workspace ws = {}) const {
+    check_views("SelfGuided::forward", x, y);
+    detail::check_workspace<T, Backend>("SelfGuided::forward", ws, workspace_size(x.rows),
+                                        "workspace_size(x.rows)", detail::named("x", x),
+                                        detail::named("y", y));
+  }
+
   // ----- forward -----
   // Draws the stochastic decision (once per call, when stochastic), computes the output, records
   // and returns the decision. Non-stochastic: the dense branch runs whenever α > 0. α = 0 never
@@ -214,7 +231,7 @@ class SelfGuided {
   SelfGuidedDecision forward(const MatrixView<const T>& x, const MatrixView<T>& y,
                              Workspace ws = {}, const Stream& stream = Stream()) {
     constexpr const char* where = "SelfGuided::forward";
-    check_forward(where, x, y);
+    check_forward(x, y, ws);
     SelfGuidedDecision d;
     d.step = step_;
     d.alpha = alpha();
@@ -232,7 +249,9 @@ class SelfGuided {
   void recompute(const MatrixView<const T>& x, const MatrixView<T>& y, const SelfGuidedDecision& d,
                  Workspace ws = {}, const Stream& stream = Stream()) const {
     constexpr const char* where = "SelfGuided::recompute";
-    check_forward(where, x, y);
+    check_views(where, x, y);
+    detail::check_workspace<T, Backend>(where, ws, workspace_size(x.rows), "workspace_size(x.rows)",
+                                        detail::named("x", x), detail::named("y", y));
     check_decision(where, d);
     run(where, x, y, ws, d, stream);
   }
@@ -246,26 +265,34 @@ class SelfGuided {
   // (unscaled: b enters once). dx = (1 − α) dx_S + α dy W when blended, else dx_S; dx.data null
   // skips it. Differentiates the function the last forward computed.
   void backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                const MatrixView<T>& dx, Grads& grads, const Stream& stream = Stream()) const {
+                const MatrixView<T>& dx, Grads& grads, Workspace ws = {},
+                const Stream& stream = Stream()) const {
     if (!last_.valid())
       fail("SelfGuided::backward", "no forward has been run (no decision to differentiate)");
-    backward(x, dy, dx, grads, last_, stream);
+    backward(x, dy, dx, grads, last_, ws, stream);
   }
 
   // The same for the forward that returned `d`.
   void backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
                 const MatrixView<T>& dx, Grads& grads, const SelfGuidedDecision& d,
-                const Stream& stream = Stream()) const {
+                Workspace ws = {}, const Stream& stream = Stream()) const {
     constexpr const char* where = "SelfGuided::backward";
     check_backward(where, x, dy, dx);
     check_decision(where, d);
     check_grads(where, const_cast<SelfGuided*>(this)->params(), grads);
+    detail::check_workspace<T, Backend>(where, ws, backward_workspace_size(x.rows),
+                                        "backward_workspace_size(x.rows)", detail::named("x", x),
+                                        detail::named("dy", dy), detail::named("dx", dx));
+    detail::CallScratch<Backend> scratch(ws, backward_workspace_size(x.rows), stream);
+    const MatrixView<T> sv(scratch.template take<T>(branch_bytes(x.rows) / sizeof(T)), dy.rows,
+                           dy.cols);
+    const Workspace sub = sub_workspace(scratch, s_.backward_workspace_size(x.rows));
     const index_t k = factor_count();
     const double a = d.effective_alpha();
 
     if (a == 0.0) {
       // y = S(x) + b: S's own backward, straight into the caller's buffers.
-      structured_backward(x, dy, dx, grads, stream);
+      structured_backward(x, dy, dx, grads, sub, stream);
       if (guide_present_) Ops::zero(grads[k], stream);
       return;
     }
@@ -278,17 +305,14 @@ class SelfGuided {
     } else {
       // Scaling dy once by (1 − α) (then by α) makes S's factor gradients and dx_S, and the
       // guide's gradient and dy W, come out scaled by linearity, with no extra passes over them.
-      auto scaled = Ops::scratch(dy.rows * dy.cols);
-      const MatrixView<T> sv(scaled.data(), dy.rows, dy.cols);
       Ops::scale(where, sv, dy, 1.0 - a, stream);
-      structured_backward(x, MatrixView<const T>(sv), dx, grads, stream);  // dx = (1 − α) dx_S
+      structured_backward(x, sv, dx, grads, sub, stream);  // dx = (1 − α) dx_S
       Ops::scale(where, sv, dy, a, stream);
       Ops::dense_backward(where, x, MatrixView<const T>(sv), guide_.data(), guide_grad, dx, true,
                           stream);
     }
     // The bias enters once and unscaled, whatever S's backward wrote for it.
     if (has_bias()) Ops::bias_grad(where, dy, grads.back().data(), stream);
-    stream.synchronize();  // the scaled copy is freed on return
   }
 
   // ----- parameters -----
@@ -348,8 +372,7 @@ class SelfGuided {
     if (!ready_) fail(where, "the layer is empty (moved from)");
   }
 
-  void check_forward(const char* where, const MatrixView<const T>& x,
-                     const MatrixView<T>& y) const {
+  void check_views(const char* where, const MatrixView<const T>& x, const MatrixView<T>& y) const {
     check_ready(where);
     check_activation(where, "x", x, in_features(), "in_features");
     check_activation(where, "y", y, out_features(), "out_features");
@@ -395,8 +418,12 @@ class SelfGuided {
   void run(const char* where, const MatrixView<const T>& x, const MatrixView<T>& y, Workspace ws,
            const SelfGuidedDecision& d, const Stream& stream) const {
     const double a = d.effective_alpha();
+    detail::CallScratch<Backend> scratch(ws, workspace_size(x.rows), stream);
+    const MatrixView<T> sv(scratch.template take<T>(branch_bytes(x.rows) / sizeof(T)), x.rows,
+                           out_features());
+    const Workspace sub = sub_workspace(scratch, s_.workspace_size(x.rows));
     if (a == 0.0) {
-      Ops::structured_forward(s_, x, y, ws, stream);
+      Ops::structured_forward(s_, x, y, sub, stream);
       return;
     }
     if (!guide_present_) fail(where, "the dense branch was requested but the guide is dropped");
@@ -407,18 +434,24 @@ class SelfGuided {
     }
     // S's forward adds b inside its own output pass; the blend then adds the remaining α b, so
     // y = α W x + (1 − α)(S(x) + b) + α b = α W x + (1 − α) S(x) + b: b counted once.
-    auto s = Ops::scratch(x.rows * out_features());
-    const MatrixView<T> sv(s.data(), x.rows, out_features());
-    Ops::structured_forward(s_, x, sv, ws, stream);
+    Ops::structured_forward(s_, x, sv, sub, stream);
     Ops::dense_forward(where, x, guide_.data(), out_features(), nullptr, y, stream);
-    Ops::blend(where, y, MatrixView<const T>(sv), a, bias(), stream);
-    stream.synchronize();  // the S(x) scratch is freed on return
+    Ops::blend(where, y, sv, a, bias(), stream);
+  }
+
+  // The [tokens x out] buffer of the blend's S(x), or of backward's scaled dy.
+  std::size_t branch_bytes(index_t tokens) const {
+    return detail::round_up_64(static_cast<std::size_t>(tokens * out_features()) * sizeof(T));
+  }
+  static Workspace sub_workspace(detail::CallScratch<Backend>& scratch, std::size_t bytes) {
+    return bytes ? Workspace{scratch.template take<unsigned char>(bytes), bytes} : Workspace{};
   }
 
   // S.backward into the caller's buffers: S's GradList is [factors..., bias], ours has the guide
   // in between, so the buffers are moved (not copied) into a temporary list and always moved back.
   void structured_backward(const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                           const MatrixView<T>& dx, Grads& grads, const Stream& stream) const {
+                           const MatrixView<T>& dx, Grads& grads, Workspace ws,
+                           const Stream& stream) const {
     const index_t k = factor_count();
     Grads sg;
     sg.reserve(static_cast<std::size_t>(k + 1));
@@ -434,7 +467,7 @@ class SelfGuided {
         if (bias) grads.back() = std::move(sg.back());
       }
     } restore{sg, grads, k, has_bias()};
-    Ops::structured_backward(s_, x, dy, dx, sg, stream);
+    Ops::structured_backward(s_, x, dy, dx, sg, ws, stream);
   }
 
   Structured s_;

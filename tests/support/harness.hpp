@@ -156,6 +156,28 @@ inline Tolerance tolerance<__nv_bfloat16>() {
 }
 #endif
 
+// The unit roundoff u = 2^-p of a scalar type with a p-bit significand (docs/math.md §8.1).
+template <class T>
+double unit_roundoff();
+template <>
+inline double unit_roundoff<double>() {
+  return std::ldexp(1.0, -53);
+}
+template <>
+inline double unit_roundoff<float>() {
+  return std::ldexp(1.0, -24);
+}
+#if defined(FFNKIT_WITH_CUDA) || defined(FFNKIT_WITH_CUDA_EMU)
+template <>
+inline double unit_roundoff<__half>() {
+  return std::ldexp(1.0, -11);
+}
+template <>
+inline double unit_roundoff<__nv_bfloat16>() {
+  return std::ldexp(1.0, -8);
+}
+#endif
+
 template <class T>
 ::testing::AssertionResult within_tolerance(const ErrorStats& s,
                                             const Tolerance& tol = tolerance<T>()) {
@@ -321,11 +343,7 @@ std::vector<T> to_host(const T* p, index_t n) {
 // one of them copied to the host.
 template <class L>
 auto grads_for(L& layer) {
-  if constexpr (std::is_same<typename L::Backend, Cpu>::value) {
-    return make_grads(layer.params());
-  } else {
-    return layer.make_grads();
-  }
+  return layer.make_grads();
 }
 template <class T>
 std::vector<T> grad_host(const std::vector<T>& g) {

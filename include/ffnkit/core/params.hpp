@@ -26,14 +26,6 @@ struct ParamView {
 template <class T, class B = Cpu>
 using GradList = std::vector<typename detail::Runtime<B>::template Buffer<T>>;
 
-// Zero-filled gradient buffers matching `params`.
-template <class T>
-std::vector<std::vector<T>> make_grads(const std::vector<ParamView<T>>& params) {
-  std::vector<std::vector<T>> g;
-  for (const auto& p : params) g.emplace_back(static_cast<std::size_t>(p.size), T(0));
-  return g;
-}
-
 // Checks that `grads` matches `params` in count and sizes (backward resizes nothing silently).
 // Grads: GradList<T> on Cpu, or a list of device buffers on the device backends.
 template <class T, class Grads>

@@ -1,5 +1,6 @@
-// FastFeedForward on the CPU backend (docs/math.md §6). Two forward kernels share one dot product
-// and one accumulation order, so they give bit-identical leaves and outputs:
+// The Cpu backend's fast feedforward kernels (docs/math.md §6), detail::FffOps<T, Cpu>, for the
+// FastFeedForward class of ffnkit/fff.hpp. Two forward kernels share one dot product and one
+// accumulation order, so they give bit-identical leaves and outputs:
 //   per-token walk  few tokens: a token's path is a chain of dependent dots; the two candidate
 //                   rows of the next level are prefetched while the current dot runs;
 //   grouped         many tokens, in cache-sized blocks of tokens per thread: per level the tokens
@@ -7,20 +8,18 @@
 //                   binary split per node), so each w_in row is read once per group and its dot
 //                   runs over 4 tokens at a time; the output is then accumulated per token over
 //                   its K (D+1) rows, in register-sized chunks of y.
+// Backward: per token on the recorded path, then per node over the pairs bucketed by node.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <string>
+#include <limits>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 #include "ffnkit/core.hpp"
-#include "ffnkit/cpu/runtime.hpp"
 #include "ffnkit/cpu/parallel.hpp"
+#include "ffnkit/cpu/runtime.hpp"
 #include "ffnkit/detail/fff_checks.hpp"
 
 namespace ffnkit {
@@ -169,126 +168,49 @@ FFNKIT_FORCEINLINE void combine_rows(const T* const* rows, const T* g, int count
 }  // namespace fff
 }  // namespace cpu
 
+namespace detail {
+
+// The Cpu backend's FFF kernels, for FastFeedForward<T, Cpu> (the class, written once for every
+// backend, is in ffnkit/fff.hpp): both forward kernels, their scratch, and the backward.
 template <class T>
-class FastFeedForward<T, Cpu> {
+class FffOps<T, Cpu> {
   static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value,
                 "the Cpu backend supports float and double");
 
  public:
-  using Scalar = T;
-  using Backend = Cpu;
-
-  FastFeedForward() = default;
-
-  // From PyTorch-layout weights: linear_in.weight [K·nodes x N], linear_in.bias [K·nodes],
-  // linear_out.weight [M x K·nodes] (no output bias). Tree k's node n is row / column k·nodes + n.
-  FastFeedForward(index_t in_features, index_t out_features, index_t trees, index_t depth,
-                  const T* linear_in_weight, const T* linear_in_bias, const T* linear_out_weight) {
-    constexpr const char* where = "FastFeedForward";
-    detail::check_fff_args(where, in_features, out_features, trees, depth, sizeof(T));
-    in_ = in_features;
-    out_ = out_features;
-    trees_ = trees;
-    depth_ = depth;
-    const index_t rows = neurons_total();
-    check_not_null(where, "linear_in_weight", linear_in_weight);
-    check_not_null(where, "linear_in_bias", linear_in_bias);
-    check_not_null(where, "linear_out_weight", linear_out_weight);
-    check_finite(where, "linear_in_weight", linear_in_weight, rows * in_);
-    check_finite(where, "linear_in_bias", linear_in_bias, rows);
-    check_finite(where, "linear_out_weight", linear_out_weight, out_ * rows);
-    w_in_.assign(linear_in_weight, linear_in_weight + rows * in_);
-    b_in_.assign(linear_in_bias, linear_in_bias + rows);
-    // Stored transposed, [K·nodes x M]: each node's w_out is then one contiguous row for the axpy.
-    w_out_.resize(static_cast<std::size_t>(rows * out_));
-    for (index_t m = 0; m < out_; ++m)
-      for (index_t r = 0; r < rows; ++r) w_out_[r * out_ + m] = linear_out_weight[m * rows + r];
-  }
-
-  // PyTorch nn.Linear's default init, as UltraFastBERT's FFF uses: U(±1/sqrt(fan_in)) with
-  // fan_in = N for linear_in (weight and bias) and K·nodes for linear_out. Seeded, deterministic.
-  static FastFeedForward random(index_t in_features, index_t out_features, index_t trees,
-                                index_t depth, std::uint64_t seed) {
-    detail::check_fff_args("FastFeedForward::random", in_features, out_features, trees, depth,
-                           sizeof(T));
-    const index_t rows = trees * ((index_t(2) << depth) - 1);
-    const double a_in = 1.0 / std::sqrt(static_cast<double>(in_features));
-    const double a_out = 1.0 / std::sqrt(static_cast<double>(rows));
-    std::vector<T> wi(static_cast<std::size_t>(rows * in_features)), bi(rows),
-        wo(static_cast<std::size_t>(out_features * rows));
-    fill_uniform(wi.data(), rows * in_features, splitmix64(seed), -a_in, a_in);
-    fill_uniform(bi.data(), rows, splitmix64(seed ^ 0xB1A5ull), -a_in, a_in);
-    fill_uniform(wo.data(), out_features * rows, splitmix64(seed + 1), -a_out, a_out);
-    return FastFeedForward(in_features, out_features, trees, depth, wi.data(), bi.data(),
-                           wo.data());
-  }
-
-  index_t in_features() const { return in_; }
-  index_t out_features() const { return out_; }
-  index_t trees() const { return trees_; }
-  index_t depth() const { return depth_; }
-  index_t nodes_per_tree() const { return (index_t(2) << depth_) - 1; }
-  // K (2^(D+1) − 1): every neuron of the layer.
-  index_t neurons_total() const { return trees_ * nodes_per_tree(); }
-  // K (D + 1): the neurons one token touches.
-  index_t neurons_per_token() const { return trees_ * (depth_ + 1); }
-  index_t parameter_count() const { return neurons_total() * (in_ + out_ + 1); }
-  // Per touched neuron a dot of N and an axpy of M.
-  double flops_per_token() const {
-    return 2.0 * static_cast<double>(neurons_per_token()) * static_cast<double>(in_ + out_);
-  }
-
-  const T* linear_in_weight() const { return w_in_.data(); }
-  const T* linear_in_bias() const { return b_in_.data(); }
-  // w_out as stored: [K·nodes x M], the transpose of PyTorch's linear_out.weight.
-  const T* w_out() const { return w_out_.data(); }
-  // linear_out.weight in PyTorch layout, [M x K·nodes].
-  std::vector<T> linear_out_weight() const {
-    const index_t rows = neurons_total();
-    std::vector<T> w(static_cast<std::size_t>(out_ * rows));
-    for (index_t r = 0; r < rows; ++r)
-      for (index_t m = 0; m < out_; ++m) w[m * rows + r] = w_out_[r * out_ + m];
-    return w;
-  }
+  using Stream = cpu::Stream;
 
   // Token counts from which kAuto takes the grouped kernel. Measured (docs/fff.md, 1 thread,
   // d = 768, D = 11): the per-token walk wins at 1 token, the grouped kernel from 16 on; counts
   // in between were not measured.
   static constexpr index_t kGroupedMinTokens = 16;
+  // The grouped kernel takes any width.
+  static constexpr index_t kGroupedMaxWidth = std::numeric_limits<index_t>::max();
+  // Leaves are host memory: the layer checks every recorded leaf before backward touches memory.
+  static constexpr bool kHostLeaves = true;
+
+  explicit FffOps(const FffTree<T>& t)
+      : in_(t.in),
+        out_(t.out),
+        trees_(t.trees),
+        depth_(t.depth),
+        w_in_(t.w_in),
+        b_in_(t.b_in),
+        w_out_(t.w_out) {}
 
   // Bytes of scratch forward needs for `tokens` tokens, either kernel, at the current OpenMP
   // thread count: the grouped kernel's per-token routing state, and per thread one path's rows.
-  std::size_t workspace_size(index_t tokens) const {
-    return Scratch::layout(tokens, trees_ * (depth_ + 1), cpu::max_threads(), nullptr).bytes;
+  std::size_t workspace_size(index_t tokens, bool /*grouped*/) const {
+    return Scratch::layout(tokens, per_token(), cpu::max_threads(), nullptr).bytes;
   }
 
-  // y = Σ_k Σ_{n on token's path in tree k} GELU(λ_n) w_out[n] (docs/math.md §6). `leaves`, when
-  // given, receives each token's leaf per tree ([tokens x K], node index inside the tree, heap
-  // order): the path is the leaf's ancestors, and backward() takes it back. With a workspace of
-  // workspace_size(tokens) bytes the call does not allocate; an empty one allocates per call.
-  void forward(const MatrixView<const T>& x, const MatrixView<T>& y, std::int32_t* leaves = nullptr,
-               FffKernel kernel = FffKernel::kAuto, Workspace workspace = {}) const {
-    constexpr const char* where = "FastFeedForward::forward";
-    check_ready(where);
-    detail::check_fff_forward(where, in_, out_, x, y);
-    const index_t per = trees_ * (depth_ + 1);
-    const int threads = cpu::max_threads();
-    const std::size_t need = Scratch::layout(x.rows, per, threads, nullptr).bytes;
-    std::unique_ptr<std::uint64_t[]> owned;
-    void* base = workspace.data;
-    if (base) {
-      if (workspace.bytes < need)
-        fail(where, "workspace.bytes = ", workspace.bytes, ", need workspace_size(", x.rows,
-             ") = ", need, " (for ", threads, " threads)");
-      if (reinterpret_cast<std::uintptr_t>(base) % alignof(std::uint64_t) != 0)
-        fail(where, "workspace.data is not aligned to ", alignof(std::uint64_t), " bytes");
-    } else {
-      owned.reset(new std::uint64_t[need / sizeof(std::uint64_t) + 1]);
-      base = owned.get();
-    }
-    const Scratch sc = Scratch::layout(x.rows, per, threads, static_cast<char*>(base));
-    const bool grouped = kernel == FffKernel::kGrouped ||
-                         (kernel == FffKernel::kAuto && x.rows >= kGroupedMinTokens);
+  // y = Σ_k Σ_{n on token's path in tree k} GELU(λ_n) w_out[n]; `leaves` ([tokens x K]) or null.
+  // `scratch`: workspace_size(x.rows, grouped) bytes, aligned for index_t.
+  void forward(const char*, const MatrixView<const T>& x, const MatrixView<T>& y,
+               std::int32_t* leaves, bool grouped, unsigned char* scratch, const Stream&) const {
+    const index_t per = per_token();
+    const Scratch sc =
+        Scratch::layout(x.rows, per, cpu::max_threads(), reinterpret_cast<char*>(scratch));
     if (grouped) {
       forward_grouped(x, y, leaves, sc);
     } else {
@@ -299,21 +221,28 @@ class FastFeedForward<T, Cpu> {
     }
   }
 
-  // Gradients in params() order (linear_in.weight, linear_in.bias, w_out), overwritten; only the
-  // rows of nodes some token visited can be non-zero. The routing is not differentiated: the
-  // paths are the ones forward recorded in `leaves`. dx skipped when dx.data is null.
-  void backward(const MatrixView<const T>& x, const std::int32_t* leaves,
-                const MatrixView<const T>& dy, const MatrixView<T>& dx, GradList<T>& grads) const {
-    constexpr const char* where = "FastFeedForward::backward";
-    check_ready(where);
-    detail::check_fff_backward(where, in_, out_, x, leaves, dy, dx);
-    check_grads(where, const_cast<FastFeedForward*>(this)->params(), grads);
-    detail::check_fff_leaves(where, leaves, x.rows, trees_, depth_);
-    const index_t T_ = x.rows, levels = depth_ + 1, per = trees_ * levels;
-    const index_t nodes = nodes_per_tree();
+  // Backward's scratch: per (token, tree, level) pair GELU(λ), dλ, its gradient row and its place
+  // in the bucketing; per gradient row the bucket start and fill pointer.
+  std::size_t backward_workspace_size(index_t tokens) const {
+    return BackwardScratch::layout(tokens * per_token(), rows(), nullptr).bytes;
+  }
+
+  // Gradients into gw_in, gb_in, gw_out (overwritten; rows no token visited are zero) on the paths
+  // of `leaves` (checked by the caller); dx skipped when dx.data is null. Two passes: per token
+  // (recompute λ on the fixed path, keep GELU(λ) and dλ, write dx), then per node over the
+  // (token, level) pairs bucketed by node (count, scan, fill, in token order), so each gradient
+  // row has one writer and no atomics are needed.
+  void backward(const char*, const MatrixView<const T>& x, const std::int32_t* leaves,
+                const MatrixView<const T>& dy, const MatrixView<T>& dx, T* gwi, T* gbi, T* gwo,
+                unsigned char* scratch, const Stream&) const {
+    const index_t T_ = x.rows, levels = depth_ + 1, per = per_token();
+    const index_t nodes = nodes_per_tree(), rows = this->rows(), pairs = T_ * per;
+    const BackwardScratch s =
+        BackwardScratch::layout(pairs, rows, reinterpret_cast<char*>(scratch));
+    T* g = s.g;
+    T* dl = s.dl;
+    std::int32_t* row_of = s.row_of;
     // Pass 1, parallel over tokens: recompute λ on the fixed path, keep GELU(λ) and dλ, write dx.
-    std::vector<T> g(static_cast<std::size_t>(T_ * per)), dl(g.size());
-    std::vector<std::int32_t> row_of(g.size());
     cpu::parallel_for(T_, per * (2 * in_ + out_), [&](std::int64_t t) {
       const T* xt = x.row(t);
       const T* dyt = dy.row(t);
@@ -334,43 +263,75 @@ class FastFeedForward<T, Cpu> {
     });
     // Pass 2: the visited (token, level) pairs bucketed by node (count, scan, fill), then parallel
     // over nodes, so each gradient row has one writer and no atomics are needed.
-    const index_t rows = neurons_total();
-    std::vector<index_t> start(static_cast<std::size_t>(rows + 1), 0), order(g.size());
-    for (std::int32_t r : row_of) ++start[r + 1];
+    index_t* start = s.start;
+    index_t* order = s.order;
+    std::fill(start, start + rows + 1, index_t(0));
+    for (index_t i = 0; i < pairs; ++i) ++start[row_of[i] + 1];
     for (index_t r = 0; r < rows; ++r) start[r + 1] += start[r];
-    {
-      std::vector<index_t> fillp(start.begin(), start.end() - 1);
-      for (index_t i = 0; i < static_cast<index_t>(row_of.size()); ++i)
-        order[fillp[row_of[i]]++] = i;
-    }
-    for (auto& gr : grads) std::fill(gr.begin(), gr.end(), T(0));
-    T* gwi = grads[0].data();
-    T* gbi = grads[1].data();
-    T* gwo = grads[2].data();
-    cpu::parallel_for(rows, (in_ + out_) * std::max<index_t>(1, T_ * per / rows),
-                      [&](std::int64_t r) {
-                        for (index_t s = start[r]; s < start[r + 1]; ++s) {
-                          const index_t i = order[s], t = i / per;
-                          cpu::fff::axpy(dl[i], x.row(t), gwi + r * in_, in_);
-                          gbi[r] += dl[i];
-                          cpu::fff::axpy(g[i], dy.row(t), gwo + r * out_, out_);
-                        }
-                      });
+    std::copy(start, start + rows, s.fill);
+    for (index_t i = 0; i < pairs; ++i) order[s.fill[row_of[i]]++] = i;
+    std::fill(gwi, gwi + rows * in_, T(0));
+    std::fill(gbi, gbi + rows, T(0));
+    std::fill(gwo, gwo + rows * out_, T(0));
+    cpu::parallel_for(rows, (in_ + out_) * std::max<index_t>(1, pairs / rows), [&](std::int64_t r) {
+      for (index_t q = start[r]; q < start[r + 1]; ++q) {
+        const index_t i = order[q], t = i / per;
+        cpu::fff::axpy(dl[i], x.row(t), gwi + r * in_, in_);
+        gbi[r] += dl[i];
+        cpu::fff::axpy(g[i], dy.row(t), gwo + r * out_, out_);
+      }
+    });
   }
 
-  // Named as in PyTorch's FFF module; w_out is linear_out.weight transposed ([K·nodes x M]).
-  std::vector<ParamView<T>> params() {
-    const index_t rows = neurons_total();
-    return {{"linear_in.weight", {rows, in_}, w_in_.data(), rows * in_},
-            {"linear_in.bias", {rows}, b_in_.data(), rows},
-            {"w_out", {rows, out_}, w_out_.data(), rows * out_}};
+  void check_leaves(const char* where, const std::int32_t* leaves, index_t tokens,
+                    const Stream&) const {
+    check_fff_leaves(where, leaves, tokens, trees_, depth_);
   }
 
  private:
-  void check_ready(const char* where) const {
-    if (in_ == 0) fail(where, "the layer is empty (default-constructed or moved from)");
-  }
+  index_t nodes_per_tree() const { return (index_t(2) << depth_) - 1; }
+  index_t rows() const { return trees_ * nodes_per_tree(); }
+  index_t per_token() const { return trees_ * (depth_ + 1); }
 
+  // Consecutive arrays carved from one buffer, each aligned for its type; with base == nullptr
+  // only the byte count is kept.
+  class Carver {
+   public:
+    explicit Carver(char* base) : base_(base) {}
+    template <class P>
+    void take(P*& ptr, std::size_t count) {
+      off_ = (off_ + alignof(P) - 1) / alignof(P) * alignof(P);
+      ptr = base_ ? reinterpret_cast<P*>(base_ + off_) : nullptr;
+      off_ += count * sizeof(P);
+    }
+    std::size_t bytes() const { return off_; }
+
+   private:
+    char* base_;
+    std::size_t off_ = 0;
+  };
+
+  struct BackwardScratch {
+    T* g;
+    T* dl;
+    std::int32_t* row_of;
+    index_t *start, *order, *fill;
+    std::size_t bytes;
+
+    static BackwardScratch layout(index_t pairs, index_t rows, char* base) {
+      BackwardScratch s{};
+      Carver c(base);
+      const std::size_t p = static_cast<std::size_t>(pairs), r = static_cast<std::size_t>(rows);
+      c.take(s.g, p);
+      c.take(s.dl, p);
+      c.take(s.row_of, p);
+      c.take(s.start, r + 1);
+      c.take(s.order, p);
+      c.take(s.fill, r);
+      s.bytes = c.bytes();
+      return s;
+    }
+  };
   // One token, all trees: the latency-bound walk. While a level's dot runs, both candidate rows of
   // the next level (and this level's w_out row) are already on their way into the cache. The
   // output waits for the whole path and is then written once by combine_rows() (a running axpy
@@ -418,13 +379,8 @@ class FastFeedForward<T, Cpu> {
     // With base == nullptr only `bytes` is meaningful.
     static Scratch layout(index_t tokens, index_t per, int threads, char* base) {
       Scratch sc{};
-      std::size_t off = 0;
-      const auto take = [&](auto*& ptr, std::size_t count) {
-        using P = std::remove_reference_t<decltype(*ptr)>;
-        off = (off + alignof(P) - 1) / alignof(P) * alignof(P);
-        ptr = base ? reinterpret_cast<P*>(base + off) : nullptr;
-        off += count * sizeof(P);
-      };
+      Carver c(base);
+      const auto take = [&](auto*& ptr, std::size_t count) { c.take(ptr, count); };
       const std::size_t t = static_cast<std::size_t>(tokens);
       const std::size_t paths = static_cast<std::size_t>(per) * static_cast<std::size_t>(threads);
       take(sc.g, t * static_cast<std::size_t>(per));
@@ -439,7 +395,7 @@ class FastFeedForward<T, Cpu> {
       take(sc.start, t + 2);
       take(sc.fill, t + 1);
       take(sc.pieces, 2 * t + 1);
-      sc.bytes = off;
+      sc.bytes = c.bytes();
       return sc;
     }
   };
@@ -586,8 +542,11 @@ class FastFeedForward<T, Cpu> {
             at, leaf);
   }
 
-  index_t in_ = 0, out_ = 0, trees_ = 0, depth_ = 0;
-  std::vector<T> w_in_, b_in_, w_out_;
+  index_t in_, out_, trees_, depth_;
+  const T* w_in_;
+  const T* b_in_;
+  const T* w_out_;
 };
 
+}  // namespace detail
 }  // namespace ffnkit

@@ -74,26 +74,26 @@ using StreamOf = typename ::ffnkit::detail::DeviceApi<B>::Stream;
 // The fast feedforward tree's forward and backward (kernels/fff.cuh). `acc` arguments are fp32
 // accumulators ([rows x cols], row stride given); null for T = float means "accumulate in the
 // output itself".
-#define FFNKIT_FFF_LAUNCHERS(X, T)                                                                 \
-  X(FffForward, T,                                                                                 \
-    (const T* x, index_t x_stride, const T* w_in, const T* b_in, const T* w_out, T* y,             \
-     index_t y_stride, float* acc, index_t acc_stride, index_t tokens, index_t in, index_t out,    \
-     index_t trees, index_t depth, std::int32_t* leaves))                                          \
-  X(FffGroupedForward, T,                                                                          \
-    (const T* x, index_t x_stride, const T* w_in, const T* b_in, const T* w_out, T* y,             \
-     index_t y_stride, float* acc, index_t acc_stride, index_t tokens, index_t in, index_t out,    \
-     index_t trees, index_t depth, std::int32_t* leaves, std::int32_t* scratch,                    \
-     index_t scratch_ints))                                                                        \
-  X(FffBackwardTokens, T,                                                                          \
-    (const T* x, index_t x_stride, const T* dy, index_t dy_stride, const T* w_in, const T* b_in,   \
-     const T* w_out, const std::int32_t* leaves, T* dx, index_t dx_stride, float* dx_acc,          \
-     index_t dx_acc_stride, float* g, float* dl, index_t tokens, index_t in, index_t out,          \
-     index_t trees, index_t depth))                                                                \
-  X(FffBackwardNodes, T,                                                                           \
-    (const T* x, index_t x_stride, const T* dy, index_t dy_stride, const float* g,                 \
-     const float* dl, const std::int32_t* rows, const std::int32_t* start,                         \
-     const std::int32_t* order, index_t visited, index_t in, index_t out, index_t pairs_per_token, \
-     T* grad_w_in, T* grad_b_in, T* grad_w_out))
+#define FFNKIT_FFF_LAUNCHERS(X, T)                                                               \
+  X(FffForward, T,                                                                               \
+    (const T* x, index_t x_stride, const T* w_in, const T* b_in, const T* w_out, T* y,           \
+     index_t y_stride, float* acc, index_t acc_stride, index_t tokens, index_t in, index_t out,  \
+     index_t trees, index_t depth, std::int32_t* leaves))                                        \
+  X(FffGroupedForward, T,                                                                        \
+    (const T* x, index_t x_stride, const T* w_in, const T* b_in, const T* w_out, T* y,           \
+     index_t y_stride, float* acc, index_t acc_stride, index_t tokens, index_t in, index_t out,  \
+     index_t trees, index_t depth, std::int32_t* leaves, std::int32_t* scratch,                  \
+     index_t scratch_ints))                                                                      \
+  X(FffBackwardTokens, T,                                                                        \
+    (const T* x, index_t x_stride, const T* dy, index_t dy_stride, const T* w_in, const T* b_in, \
+     const T* w_out, const std::int32_t* leaves, T* dx, index_t dx_stride, float* dx_acc,        \
+     index_t dx_acc_stride, float* g, float* dl, index_t tokens, index_t in, index_t out,        \
+     index_t trees, index_t depth))                                                              \
+  X(FffBackwardNodes, T,                                                                         \
+    (const T* x, index_t x_stride, const T* dy, index_t dy_stride, const float* g,               \
+     const float* dl, const std::int32_t* leaves, index_t tokens, index_t in, index_t out,       \
+     index_t trees, index_t depth, std::int32_t* scratch, index_t scratch_ints, T* grad_w_in,    \
+     T* grad_b_in, T* grad_w_out))
 
 // `(parameters..., const StreamOf<B>& stream)` from a list entry's parenthesized parameters.
 #define FFNKIT_LAUNCHER_PARAMS(B, params) FFNKIT_LAUNCHER_PARAMS_APPEND(B, FFNKIT_UNPAREN params)

@@ -1,5 +1,6 @@
-// Argument checks of the fast feedforward layer (docs/math.md §6), shared by every backend so that
-// the Cpu and device layers reject exactly the same inputs with exactly the same messages.
+// What the fast feedforward layer (docs/math.md §6) shares with every backend's kernels: the tree
+// as the kernels see it (FffTree), the scratch sizes of the device kernels, and the argument
+// checks, so that every backend rejects exactly the same inputs with exactly the same messages.
 #pragma once
 
 #include <unistd.h>
@@ -12,6 +13,28 @@
 
 namespace ffnkit {
 namespace detail {
+
+// The kernels of backend B for FastFeedForward<T, B> (the Cpu's in ffnkit/cpu/fff.hpp, the device
+// backends' in ffnkit/cuda/fff.hpp), constructed from the layer's FffTree.
+template <class T, class B>
+class FffOps;
+
+// The layer as its kernels see it: the shape, and the weights in the backend's memory in the heap
+// layout of docs/math.md §6.1 (tree k's node n is row k·nodes + n; w_out stored [K·nodes x M], the
+// transpose of PyTorch's linear_out.weight, so each node's output weight is one contiguous row).
+template <class T>
+struct FffTree {
+  index_t in = 0, out = 0, trees = 0, depth = 0;
+  const T* w_in = nullptr;   // [K·nodes x N]
+  const T* b_in = nullptr;   // [K·nodes]
+  const T* w_out = nullptr;  // [K·nodes x M]
+
+  index_t nodes() const { return (index_t(2) << depth) - 1; }  // per tree
+  index_t levels() const { return depth + 1; }
+  index_t rows() const { return trees * nodes(); }
+  // The (tree, level) pairs of one token: K (D+1) visited neurons.
+  index_t per_token() const { return trees * levels(); }
+};
 
 // Deepest tree accepted before any size arithmetic: K·(2^(D+1) − 1) must fit the int32 node
 // indices a forward records per token (and 2^(D+1) must not overflow).
@@ -26,6 +49,13 @@ constexpr index_t kFffGroupedMaxWidth = 12288;
 inline index_t fff_grouped_scratch_ints(index_t tokens, index_t depth) {
   const index_t leaves = index_t(1) << depth;
   return 2 * tokens + 5 * leaves + 2;
+}
+
+// int32 scratch of the device backward's bucketing (FffBackwardNodes): per tree a cursor per leaf,
+// the offsets of the leaves' token ranges (+1), the tokens sorted by leaf, and a bad-leaf flag.
+inline index_t fff_backward_scratch_ints(index_t tokens, index_t trees, index_t depth) {
+  const index_t leaves = index_t(1) << depth;
+  return trees * (2 * leaves + 1 + tokens + 1);
 }
 
 // Bytes of physical memory, or 0 when the system does not say.

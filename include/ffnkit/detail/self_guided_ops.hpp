@@ -49,8 +49,8 @@ struct SelfGuidedOps {
   template <class S>
   static void structured_backward(const S& s, const MatrixView<const T>& x,
                                   const MatrixView<const T>& dy, const MatrixView<T>& dx, Grads& g,
-                                  const Stream& stream) {
-    s.backward(x, dy, dx, g, Workspace{}, stream);
+                                  Workspace ws, const Stream& stream) {
+    s.backward(x, dy, dx, g, ws, stream);
   }
 
   // y = x Wᵀ (+ b when bias is not null).

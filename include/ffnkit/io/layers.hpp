@@ -480,7 +480,7 @@ void save_fast_feed_forward(SafetensorsWriter& w, const std::string& prefix,
   const index_t rows = l.neurons_total();
   w.add(prefix + "linear_in.weight", {rows, l.in_features()}, l.linear_in_weight(), dtype);
   w.add(prefix + "linear_in.bias", {rows}, l.linear_in_bias(), dtype);
-  w.add(prefix + "linear_out.weight", {l.out_features(), rows}, l.linear_out_weight().data(),
+  w.add(prefix + "linear_out.weight", {l.out_features(), rows}, l.linear_out_weight_host().data(),
         dtype);
 }
 

@@ -1,7 +1,8 @@
 // Naive double-precision oracle of the fast feedforward layer (docs/math.md §6), used by the tests
-// only. Written from the spec's pseudo-code with plain loops, independently of the optimized
-// backends: per token and tree, walk from the root, λ = <x, w_in[n]> + b_in[n], y += GELU(λ)
-// w_out[n], n = 2n + 1 + (λ > 0).
+// and the benchmarks' error column only. Written from the spec's pseudo-code with plain loops,
+// independently of the optimized backends: per token and tree, walk from the root,
+// λ = <x, w_in[n]> + b_in[n], y += GELU(λ) w_out[n], n = 2n + 1 + (λ > 0); and the gradients of
+// §6.6 on fixed paths.
 #pragma once
 
 #include <cmath>
@@ -22,6 +23,27 @@ struct FffWeights {
   std::vector<double> w_in, b_in, w_out;
   index_t nodes() const { return (index_t(2) << depth) - 1; }
 };
+
+// The oracle's weights from an FFF layer on any backend, through its host copies in PyTorch
+// layout (linear_in_weight_host(), linear_in_bias_host(), linear_out_weight_host()), each element
+// widened to double by `widen`.
+template <class Layer, class Widen>
+FffWeights weights_of(const Layer& f, Widen widen) {
+  FffWeights w;
+  w.in = f.in_features();
+  w.out = f.out_features();
+  w.trees = f.trees();
+  w.depth = f.depth();
+  const auto wide = [&](const auto& v) {
+    std::vector<double> d(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) d[i] = widen(v[i]);
+    return d;
+  };
+  w.w_in = wide(f.linear_in_weight_host());
+  w.b_in = wide(f.linear_in_bias_host());
+  w.w_out = wide(f.linear_out_weight_host());
+  return w;
+}
 
 // What the oracle routed: per token and tree the leaf (node index inside the tree, heap order) and
 // the smallest |λ| met on the way, relative to |x| |w_in[n]|, so a test can tell a path that a
@@ -83,6 +105,52 @@ inline std::vector<double> fff(const FffWeights& w, const double* x, index_t tok
     }
   }
   return y;
+}
+
+// GELU_erf'(z) = Φ(z) + z φ(z), in long double.
+inline double gelu_erf_grad(double zd) {
+  const long double z = zd, pi = 3.141592653589793238462643383279502884L;
+  return static_cast<double>(0.5L * std::erfc(-z / std::sqrt(2.0L)) +
+                             z * std::exp(-0.5L * z * z) / std::sqrt(2.0L * pi));
+}
+
+// The gradients of L = Σ dy ⊙ y with every path fixed to `leaves` (docs/math.md §6.6): per
+// token, tree and level, with ρ the visited row, g = GELU(λ) and δ = <dy, w_out[ρ]> GELU'(λ),
+// ∂w_out[ρ] += g dy, ∂w_in[ρ] += δ x, ∂b_in[ρ] += δ, dx += δ w_in[ρ].
+struct FffGrads {
+  std::vector<double> dx;     // [tokens x N]
+  std::vector<double> w_in;   // [K·nodes x N]
+  std::vector<double> b_in;   // [K·nodes]
+  std::vector<double> w_out;  // [K·nodes x M]: the layer's stored layout, one row per node
+};
+
+inline FffGrads fff_backward(const FffWeights& w, const double* x, const double* dy, index_t tokens,
+                             const std::int32_t* leaves) {
+  const index_t rows = w.trees * w.nodes(), N = w.in, M = w.out;
+  FffGrads gr;
+  gr.dx.assign(static_cast<std::size_t>(tokens * N), 0.0);
+  gr.w_in.assign(static_cast<std::size_t>(rows * N), 0.0);
+  gr.b_in.assign(static_cast<std::size_t>(rows), 0.0);
+  gr.w_out.assign(static_cast<std::size_t>(rows * M), 0.0);
+  for (index_t t = 0; t < tokens; ++t)
+    for (index_t k = 0; k < w.trees; ++k)
+      for (index_t n = leaves[t * w.trees + k];; n = (n - 1) / 2) {
+        const index_t row = k * w.nodes() + n;
+        double lambda = 0, back = 0;
+        for (index_t i = 0; i < N; ++i) lambda += x[t * N + i] * w.w_in[row * N + i];
+        lambda += w.b_in[row];
+        for (index_t m = 0; m < M; ++m) back += dy[t * M + m] * w.w_out[m * rows + row];
+        const double g = activation(Activation::kGeluErf, lambda);
+        const double delta = back * gelu_erf_grad(lambda);
+        for (index_t m = 0; m < M; ++m) gr.w_out[row * M + m] += g * dy[t * M + m];
+        for (index_t i = 0; i < N; ++i) {
+          gr.w_in[row * N + i] += delta * x[t * N + i];
+          gr.dx[t * N + i] += delta * w.w_in[row * N + i];
+        }
+        gr.b_in[row] += delta;
+        if (n == 0) break;
+      }
+  return gr;
 }
 
 }  // namespace reference

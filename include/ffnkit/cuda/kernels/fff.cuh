@@ -23,14 +23,21 @@
 // T = float that is y itself, for 16-bit T a fp32 scratch converted to T once at the end, so the
 // output is rounded once instead of at every level.
 //
-// Backward (the path held fixed, docs/math.md §6's training), deterministic, no float atomics:
+// Backward (the path held fixed, docs/math.md §6's training), stream-ordered and deterministic: no
+// host round trip, no float atomics, results bit-identical between runs:
 //   FffBackwardTokens  a warp per token walks its recorded path (leaf to root, as the Cpu
 //                      backward): λ and <dy, w_out[n]> recomputed, g = GELU(λ) and
 //                      δ = <dy, w_out[n]> GELU'(λ) stored per (token, tree, level), dx += δ
 //                      w_in[n].
-//   FffBackwardNodes   a block per visited node sums over the (token, level) pairs that visited
-//                      it, in the order of a host-side counting sort (token order): ∂w_in[n] =
-//                      Σ δ x, ∂b_in[n] = Σ δ, ∂w_out[n] = Σ g dy; one writer per gradient row.
+//   FffBackwardNodes   the tokens bucketed by leaf, per tree (FffBucketKernel: a stable counting
+//                      sort by one warp, count / scan / scatter, ranks among equal leaves taken
+//                      32 tokens at a time, so no atomics and a fixed order); a node's tokens are
+//                      then those of the leaves below it, one contiguous range of that order.
+//                      A block per gradient row sums over its range: ∂w_in[n] = Σ δ x,
+//                      ∂b_in[n] = Σ δ, ∂w_out[n] = Σ g dy; one writer per row, zero for a row no
+//                      token visited.
+// A leaf that is not a leaf of the tree (the device cannot throw) makes its token's dx row and
+// every gradient row of its tree NaN; FastFeedForward::check_leaves() names it.
 #pragma once
 
 #include <cstdint>
@@ -159,44 +166,55 @@ __global__ void FffGroupInitKernel(I* node, index_t tokens, I* count) {
   if (blockIdx.x == 0 && threadIdx.x == 0) count[0] = static_cast<I>(tokens);
 }
 
+// An exclusive scan of value(i) over i in [0, n) by one warp, in index order: lane l takes the
+// l-th contiguous chunk, sums it, the lanes' sums are scanned with __shfl_up_sync, and each lane
+// then walks its chunk again calling emit(i, sum of value(0..i-1)). Returns the total on every
+// lane. value(i) is read before emit(i) is called, so emit may overwrite what value reads.
+template <class I, class Value, class Emit>
+__device__ __forceinline__ I fff_warp_scan(index_t n, unsigned lane, Value value, Emit emit) {
+  const index_t chunk = (n + 31) / 32;
+  const index_t begin = lane * chunk < n ? lane * chunk : n;
+  const index_t end = begin + chunk < n ? begin + chunk : n;
+  I own = 0;
+  for (index_t i = begin; i < end; ++i) own += value(i);
+  I inclusive = own;
+  for (unsigned off = 1; off < 32; off *= 2) {
+    const I v = __shfl_up_sync(0xffffffffu, inclusive, off, 32);
+    if (lane >= off) inclusive += v;
+  }
+  I prefix = inclusive - own;
+  for (index_t i = begin; i < end; ++i) {
+    const I v = value(i);
+    emit(i, prefix);
+    prefix += v;
+  }
+  return __shfl_sync(0xffffffffu, inclusive, 31, 32);
+}
+
 // One warp: exclusive scans of count[0, level_nodes) (token offsets, also the scatter's cursors)
 // and of the tiles per node; then zeroes count[0, 2 level_nodes) for the next level's counting.
-// Lane l takes a contiguous chunk of nodes, so the order of the entries is the node order.
 template <class I>
 __global__ void FffGroupScanKernel(I* count, I* cursor, I* offsets, I* tiles, index_t level_nodes) {
   const unsigned lane = threadIdx.x;
-  const index_t chunk = (level_nodes + 31) / 32;
-  const index_t begin = lane * chunk < level_nodes ? lane * chunk : level_nodes;
-  const index_t end = begin + chunk < level_nodes ? begin + chunk : level_nodes;
-  std::int32_t own_c = 0, own_t = 0;
-  for (index_t i = begin; i < end; ++i) {
-    own_c += count[i];
-    own_t += (count[i] + static_cast<std::int32_t>(kFffTileTokens) - 1) /
-             static_cast<std::int32_t>(kFffTileTokens);
-  }
-  std::int32_t inc_c = own_c, inc_t = own_t;
-  for (unsigned off = 1; off < 32; off *= 2) {
-    const std::int32_t c = __shfl_up_sync(0xffffffffu, inc_c, off, 32);
-    const std::int32_t t = __shfl_up_sync(0xffffffffu, inc_t, off, 32);
-    if (lane >= off) {
-      inc_c += c;
-      inc_t += t;
-    }
-  }
-  std::int32_t oc = inc_c - own_c, ot = inc_t - own_t;
-  for (index_t i = begin; i < end; ++i) {
-    const std::int32_t c = count[i];
-    offsets[i] = oc;
-    cursor[i] = oc;
-    tiles[i] = ot;
-    oc += c;
-    ot += (c + static_cast<std::int32_t>(kFffTileTokens) - 1) /
-          static_cast<std::int32_t>(kFffTileTokens);
-    count[i] = 0;
-  }
-  if (lane == 31) {
-    offsets[level_nodes] = inc_c;
-    tiles[level_nodes] = inc_t;
+  const auto tiles_of = [](I c) {
+    return (c + static_cast<I>(kFffTileTokens) - 1) / static_cast<I>(kFffTileTokens);
+  };
+  const I tokens = fff_warp_scan<I>(
+      level_nodes, lane, [&](index_t i) { return count[i]; },
+      [&](index_t i, I o) {
+        offsets[i] = o;
+        cursor[i] = o;
+      });
+  // The second scan reads count[i] before it clears it, in the lane that owns i.
+  const I total_tiles = fff_warp_scan<I>(
+      level_nodes, lane, [&](index_t i) { return tiles_of(count[i]); },
+      [&](index_t i, I o) {
+        tiles[i] = o;
+        count[i] = 0;
+      });
+  if (lane == 0) {
+    offsets[level_nodes] = tokens;
+    tiles[level_nodes] = total_tiles;
   }
   for (index_t i = level_nodes + lane; i < 2 * level_nodes; i += 32) count[i] = 0;
 }
@@ -288,8 +306,14 @@ __global__ void FffConvertKernel(const float* __restrict__ acc, index_t acc_stri
 
 // ---- backward ----------------------------------------------------------------------------------
 
+// Whether `leaf` is a leaf of a depth-`depth` tree: 2^D − 1 <= leaf < 2^(D+1) − 1.
+__device__ __forceinline__ bool fff_is_leaf(index_t leaf, index_t depth) {
+  return leaf >= (index_t(1) << depth) - 1 && leaf < (index_t(2) << depth) - 1;
+}
+
 // g, dl: [tokens x K x (D+1)] fp32, index (t K + k)(D+1) + d. dx_acc: fp32 [tokens x in] (dx
-// itself for T = float), null when dx is not wanted.
+// itself for T = float), null when dx is not wanted. A token with an invalid leaf gets a NaN dx row
+// (its pairs are left unwritten: the bucketing skips them).
 template <class T>
 __global__ void FffBackwardTokensKernel(
     const T* __restrict__ x, index_t x_stride, const T* __restrict__ dy, index_t dy_stride,
@@ -306,8 +330,13 @@ __global__ void FffBackwardTokensKernel(
     float* dxa = dx_acc ? dx_acc + t * dx_acc_stride : nullptr;
     if (dxa)
       for (index_t j = lane; j < in; j += 32) dxa[j] = 0.0f;
+    bool bad = false;
     for (index_t k = 0; k < trees; ++k) {
       index_t n = leaves[t * trees + k];
+      if (!fff_is_leaf(n, depth)) {  // the same value on every lane: a warp-uniform branch
+        bad = true;
+        continue;
+      }
       for (index_t d = depth; d >= 0; --d, n = (n - 1) / 2) {
         const index_t row = k * nodes + n, i = (t * trees + k) * levels + d;
         const T* wi = w_in + row * in;
@@ -322,6 +351,8 @@ __global__ void FffBackwardTokensKernel(
           for (index_t j = lane; j < in; j += 32) dxa[j] += delta * Convert<T>::to_float(wi[j]);
       }
     }
+    if (dxa && bad)
+      for (index_t j = lane; j < in; j += 32) dxa[j] = NAN;
     if (dxa && !std::is_same<T, float>::value) {
       T* dxt = dx + t * dx_stride;
       for (index_t j = lane; j < in; j += 32) dxt[j] = Convert<T>::from_float(dxa[j]);
@@ -329,37 +360,121 @@ __global__ void FffBackwardTokensKernel(
   }
 }
 
-// rows: the visited gradient rows (k·nodes + n), [visited]; start: [visited + 1], row v's pairs
-// are order[start[v], start[v+1]), each pair index p = (t K + k)(D+1) + d (so t = p / per).
+// Scratch of the bucketing (int32, detail::fff_backward_scratch_ints), per tree k: cursor [2^D],
+// offsets [2^D + 1] (tokens of leaf i are order[offsets[i], offsets[i+1]) of the tree's slice),
+// order [tokens], bad [1].
+struct FffBuckets {
+  std::int32_t *cursor, *offsets, *order, *bad;
+  index_t leaves, tokens;
+  __host__ __device__ FffBuckets(std::int32_t* scratch, index_t trees, index_t depth, index_t t)
+      : leaves(index_t(1) << depth), tokens(t) {
+    cursor = scratch;
+    offsets = cursor + trees * leaves;
+    order = offsets + trees * (leaves + 1);
+    bad = order + trees * tokens;
+  }
+};
+
+// One warp per tree k (blockIdx.x): the tree's tokens sorted by leaf, stably (token order within a
+// leaf). 32 tokens at a time, each lane finds in shared memory how many earlier lanes hold its
+// leaf (its rank) and whether it is the last of them; the last one alone moves the leaf's cursor,
+// so counting and scattering need no atomics. Count, exclusive scan (offsets, and the cursors),
+// scatter. Invalid leaves are skipped and raise the tree's bad flag.
+template <class I>
+__global__ void FffBucketKernel(const I* __restrict__ leaves, index_t tokens, index_t trees,
+                                index_t depth, I* scratch) {
+  __shared__ I keys[32];
+  const unsigned lane = threadIdx.x;
+  const index_t k = blockIdx.x;
+  const FffBuckets b(scratch, trees, depth, tokens);
+  I* cursor = b.cursor + k * b.leaves;
+  I* offsets = b.offsets + k * (b.leaves + 1);
+  I* order = b.order + k * tokens;
+  const index_t first = b.leaves - 1;
+  for (index_t i = lane; i < b.leaves; i += 32) cursor[i] = 0;
+  bool bad = false;
+  for (int pass = 0; pass < 2; ++pass) {  // 0: count, 1: scatter
+    __syncwarp();
+    for (index_t t0 = 0; t0 < tokens; t0 += 32) {
+      const index_t t = t0 + lane;
+      I key = -1;  // no token, or not a leaf
+      if (t < tokens) {
+        const index_t leaf = leaves[t * trees + k];
+        if (fff_is_leaf(leaf, depth)) {
+          key = static_cast<I>(leaf - first);
+        } else {
+          bad = true;
+        }
+      }
+      keys[lane] = key;
+      __syncwarp();
+      I rank = 0;
+      bool last = true;
+      for (unsigned j = 0; j < 32; ++j)
+        if (keys[j] == key) {
+          rank += j < lane ? 1 : 0;
+          last = last && j <= lane;
+        }
+      if (key >= 0 && pass == 1) order[cursor[key] + rank] = static_cast<I>(t);
+      __syncwarp();  // every lane has read keys and the cursors
+      if (key >= 0 && last) cursor[key] += rank + 1;
+      __syncwarp();
+    }
+    if (pass == 0) {
+      const I total = fff_warp_scan<I>(
+          b.leaves, lane, [&](index_t i) { return cursor[i]; },
+          [&](index_t i, I o) {
+            offsets[i] = o;
+            cursor[i] = o;
+          });
+      if (lane == 0) offsets[b.leaves] = total;
+    }
+  }
+  const bool any_bad = __any_sync(0xffffffffu, bad);
+  if (lane == 0) b.bad[k] = any_bad ? 1 : 0;
+}
+
+// A block per gradient row r = k·nodes + n (grid-stride over every row of every tree): node n at
+// level d has the leaves [(n+1) 2^(D−d) − 2^D, + 2^(D−d)) below it (leaf indices from the
+// first leaf), so its tokens are order[offsets[lo], offsets[hi]) of tree k. The sums run in that
+// order (by leaf, then by token), one thread per column, in fp32, rounded to T once.
 template <class T>
-__global__ void FffBackwardNodesKernel(
-    const T* __restrict__ x, index_t x_stride, const T* __restrict__ dy, index_t dy_stride,
-    const float* __restrict__ g, const float* __restrict__ dl,
-    const std::int32_t* __restrict__ rows, const std::int32_t* __restrict__ start,
-    const std::int32_t* __restrict__ order, index_t visited, index_t in, index_t out, index_t per,
-    T* __restrict__ grad_w_in, T* __restrict__ grad_b_in, T* __restrict__ grad_w_out) {
-  for (index_t v = blockIdx.x; v < visited; v += gridDim.x) {
-    const index_t row = rows[v], s0 = start[v], s1 = start[v + 1];
+__global__ void FffBackwardNodesKernel(const T* __restrict__ x, index_t x_stride,
+                                       const T* __restrict__ dy, index_t dy_stride,
+                                       const float* __restrict__ g, const float* __restrict__ dl,
+                                       std::int32_t* scratch, index_t tokens, index_t in,
+                                       index_t out, index_t trees, index_t depth,
+                                       T* __restrict__ grad_w_in, T* __restrict__ grad_b_in,
+                                       T* __restrict__ grad_w_out) {
+  const FffBuckets b(scratch, trees, depth, tokens);
+  const index_t nodes = (index_t(2) << depth) - 1, levels = depth + 1;
+  for (index_t r = blockIdx.x; r < trees * nodes; r += gridDim.x) {
+    const index_t k = r / nodes, n = r % nodes;
+    index_t d = 0;
+    while (((n + 1) >> (d + 1)) != 0) ++d;
+    const index_t span = index_t(1) << (depth - d), lo = (n + 1) * span - b.leaves;
+    const std::int32_t* offsets = b.offsets + k * (b.leaves + 1);
+    const std::int32_t* order = b.order + k * tokens;
+    const index_t s0 = offsets[lo], s1 = offsets[lo + span];
+    const bool poison = b.bad[k] != 0;
+    // Pair index of the s-th token of the range: (t K + k)(D+1) + d.
+    const auto pair = [&](index_t s) { return (order[s] * trees + k) * levels + d; };
     for (index_t j = threadIdx.x; j < in; j += blockDim.x) {
       float a = 0.0f;
-      for (index_t s = s0; s < s1; ++s) {
-        const index_t p = order[s];
-        a += dl[p] * Convert<T>::to_float(x[(p / per) * x_stride + j]);
-      }
-      grad_w_in[row * in + j] = Convert<T>::from_float(a);
+      for (index_t s = s0; s < s1; ++s)
+        a += dl[pair(s)] * Convert<T>::to_float(x[order[s] * x_stride + j]);
+      grad_w_in[r * in + j] = Convert<T>::from_float(poison ? NAN : a);
     }
     for (index_t j = threadIdx.x; j < out; j += blockDim.x) {
       float a = 0.0f;
-      for (index_t s = s0; s < s1; ++s) {
-        const index_t p = order[s];
-        a += g[p] * Convert<T>::to_float(dy[(p / per) * dy_stride + j]);
-      }
-      grad_w_out[row * out + j] = Convert<T>::from_float(a);
+      for (index_t s = s0; s < s1; ++s)
+        a += g[pair(s)] * Convert<T>::to_float(dy[order[s] * dy_stride + j]);
+      grad_w_out[r * out + j] = Convert<T>::from_float(poison ? NAN : a);
     }
     if (threadIdx.x == 0) {
       float a = 0.0f;
-      for (index_t s = s0; s < s1; ++s) a += dl[order[s]];
-      grad_b_in[row] = Convert<T>::from_float(a);
+      for (index_t s = s0; s < s1; ++s) a += dl[pair(s)];
+      grad_b_in[r] = Convert<T>::from_float(poison ? NAN : a);
     }
   }
 }
@@ -481,20 +596,23 @@ Status FffBackwardTokens(const T* x, index_t x_stride, const T* dy, index_t dy_s
 
 template <class T, class B>
 Status FffBackwardNodes(const T* x, index_t x_stride, const T* dy, index_t dy_stride,
-                        const float* g, const float* dl, const std::int32_t* rows,
-                        const std::int32_t* start, const std::int32_t* order, index_t visited,
-                        index_t in, index_t out, index_t pairs_per_token, T* grad_w_in,
-                        T* grad_b_in, T* grad_w_out, const StreamOf<B>& stream) {
-  if (!x || !dy || !g || !dl || !rows || !start || !order || !grad_w_in || !grad_b_in ||
-      !grad_w_out)
+                        const float* g, const float* dl, const std::int32_t* leaves, index_t tokens,
+                        index_t in, index_t out, index_t trees, index_t depth,
+                        std::int32_t* scratch, index_t scratch_ints, T* grad_w_in, T* grad_b_in,
+                        T* grad_w_out, const StreamOf<B>& stream) {
+  if (!x || !dy || !g || !dl || !leaves || !scratch || !grad_w_in || !grad_b_in || !grad_w_out)
     return Status::kInvalidArgument;
-  if (visited <= 0 || in <= 0 || out <= 0 || pairs_per_token <= 0 || x_stride < in ||
-      dy_stride < out)
+  if (bad_shape(tokens, in, out, trees, depth) || x_stride < in || dy_stride < out ||
+      tokens > 2147483647 ||
+      scratch_ints < ::ffnkit::detail::fff_backward_scratch_ints(tokens, trees, depth))
     return Status::kInvalidArgument;
-  const unsigned threads = 32 * kFffWarpsPerBlock;
-  return launch(FffBackwardNodesKernel<T>, dim3(grid_blocks(visited, 1)), dim3(threads), 0, stream,
-                x, x_stride, dy, dy_stride, g, dl, rows, start, order, visited, in, out,
-                pairs_per_token, grad_w_in, grad_b_in, grad_w_out);
+  const Status s = launch(FffBucketKernel<std::int32_t>, dim3(static_cast<unsigned>(trees)),
+                          dim3(32), 0, stream, leaves, tokens, trees, depth, scratch);
+  if (s != Status::kSuccess) return s;
+  const index_t rows = trees * ((index_t(2) << depth) - 1);
+  return launch(FffBackwardNodesKernel<T>, dim3(grid_blocks(rows, 1)), dim3(32 * kFffWarpsPerBlock),
+                0, stream, x, x_stride, dy, dy_stride, g, dl, scratch, tokens, in, out, trees,
+                depth, grad_w_in, grad_b_in, grad_w_out);
 }
 
 }  // namespace cuda
