@@ -360,7 +360,7 @@ void check_row_bad_inputs(std::uint64_t seed) {
       [&] {
         layer.forward(x, MatrixView<T>(const_cast<T*>(x.data) + 1, s.tokens, s.out, s.out), ws);
       },
-      {fwd, "overlap"}));
+      {fwd, "input x and output y overlap"}));
   if (need > 0) {
     EXPECT_TRUE(throws_naming([&] { layer.forward(x, y, scratch.short_by_one()); },
                               {fwd, "workspace.bytes = " + make_message(need - 1)}));

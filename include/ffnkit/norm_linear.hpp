@@ -69,8 +69,8 @@ void check_norm_linear_views(const char* where, index_t in, index_t out,
   if (normalized.data) {
     check_activation(where, "normalized", normalized, in, "in_features");
     check_equal(where, "normalized.rows", normalized.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, normalized);
-    check_no_overlap(where, MatrixView<const T>(normalized), y);
+    check_no_overlap(where, x, normalized, "x", "normalized");
+    check_no_overlap(where, MatrixView<const T>(normalized), y, "normalized", "y");
   }
 }
 

@@ -389,8 +389,8 @@ class SelfGuided {
     if (dx.data) {
       check_activation(where, "dx", dx, in_features(), "in_features");
       check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-      check_no_overlap(where, x, dx);
-      check_no_overlap(where, dy, dx);
+      check_no_overlap(where, x, dx, "x", "dx");
+      check_no_overlap(where, dy, dx, "dy", "dx");
     }
   }
 

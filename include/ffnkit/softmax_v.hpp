@@ -36,12 +36,12 @@ void check_softmax_v_views(const char* where, const MatrixView<const T>& s,
   check_equal(where, "v.rows", v.rows, "s.cols (keys)", s.cols);
   check_activation(where, "y", y, v.cols, "v.cols (head dim)");
   check_equal(where, "y.rows", y.rows, "s.rows (queries)", s.rows);
-  check_no_overlap(where, s, y);
-  check_no_overlap(where, v, y);
+  check_no_overlap(where, s, y, "s", "y");
+  check_no_overlap(where, v, y, "v", "y");
   if (mask.data) {
     check_activation(where, "mask", mask, s.cols, "s.cols (keys)");
     check_equal(where, "mask.rows", mask.rows, "s.rows (queries)", s.rows);
-    check_no_overlap(where, mask, y);
+    check_no_overlap(where, mask, y, "mask", "y");
   }
 }
 

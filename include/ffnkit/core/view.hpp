@@ -63,14 +63,16 @@ void check_activation(const char* where, const char* name, const MatrixView<T>& 
          ".cols = ", v.cols);
 }
 
-// Input and output must not alias: the layers read x while writing y.
+// Input and output must not alias: the layers read x while writing y. The message names both.
 template <class T, class U>
-void check_no_overlap(const char* where, const MatrixView<T>& x, const MatrixView<U>& y) {
+void check_no_overlap(const char* where, const MatrixView<T>& x, const MatrixView<U>& y,
+                      const char* x_name = "x", const char* y_name = "y") {
   const char* x0 = reinterpret_cast<const char*>(x.data);
   const char* x1 = reinterpret_cast<const char*>(x.data + (x.rows - 1) * x.row_stride + x.cols);
   const char* y0 = reinterpret_cast<const char*>(y.data);
   const char* y1 = reinterpret_cast<const char*>(y.data + (y.rows - 1) * y.row_stride + y.cols);
-  if (x0 < y1 && y0 < x1) fail(where, "input x and output y overlap in memory");
+  if (x0 < y1 && y0 < x1)
+    fail(where, "input ", x_name, " and output ", y_name, " overlap in memory");
 }
 
 // Caller-provided scratch memory (CUTLASS's workspace): query `workspace_size()`, pass the buffer

@@ -30,8 +30,8 @@ void check_structured_backward(const char* where, index_t in, index_t out,
   if (dx.data) {
     check_activation(where, "dx", dx, in, "in_features");
     check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, dx);
-    check_no_overlap(where, dy, dx);
+    check_no_overlap(where, x, dx, "x", "dx");
+    check_no_overlap(where, dy, dx, "dy", "dx");
   }
 }
 

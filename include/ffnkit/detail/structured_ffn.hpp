@@ -160,8 +160,8 @@ class StructuredFFN {
     if (dx.data) {
       check_activation(where, "dx", dx, d_model(), "d_model");
       check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-      check_no_overlap(where, x, dx);
-      check_no_overlap(where, dy, dx);
+      check_no_overlap(where, x, dx, "x", "dx");
+      check_no_overlap(where, dy, dx, "dy", "dx");
     }
     check_grads(where, const_cast<StructuredFFN*>(this)->params(), grads);
     const index_t t = x.rows, f = d_ff(), w = hidden_width();
