@@ -178,7 +178,7 @@ class FastFeedForward {
                      const std::int32_t* leaves, FffKernel kernel, Workspace ws = {}) const {
     constexpr const char* where = "FastFeedForward::forward";
     check_ready(where);
-    detail::check_fff_forward(where, tree_.in, tree_.out, x, y);
+    check_forward_views(where, tree_.in, tree_.out, x, y);
     if (kernel == FffKernel::kGrouped && !grouped_fits())
       fail(where, "the grouped kernel of backend ", B::name(),
            " keeps a node's rows in shared memory: in_features + out_features = ",
@@ -221,7 +221,8 @@ class FastFeedForward {
                 Workspace ws = {}, const Stream& stream = Stream()) const {
     constexpr const char* where = "FastFeedForward::backward";
     check_ready(where);
-    detail::check_fff_backward(where, tree_.in, tree_.out, x, leaves, dy, dx);
+    check_not_null(where, "leaves", leaves);
+    check_backward_views(where, tree_.in, tree_.out, x, dy, dx);
     check_grads(where, const_cast<FastFeedForward&>(*this).params(), grads);
     const std::size_t need = backward_workspace_size(x.rows);
     detail::check_workspace<std::uint64_t, B>(where, ws, need, "backward_workspace_size(x.rows)",

@@ -62,10 +62,7 @@ template <class T>
 void check_norm_linear_views(const char* where, index_t in, index_t out,
                              const MatrixView<const T>& x, const MatrixView<T>& y,
                              const MatrixView<T>& normalized) {
-  check_activation(where, "x", x, in, "in_features");
-  check_activation(where, "y", y, out, "out_features");
-  check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-  check_no_overlap(where, x, y);
+  check_forward_views(where, in, out, x, y);
   if (normalized.data) {
     check_activation(where, "normalized", normalized, in, "in_features");
     check_equal(where, "normalized.rows", normalized.rows, "x.rows", x.rows);

@@ -374,24 +374,13 @@ class SelfGuided {
 
   void check_views(const char* where, const MatrixView<const T>& x, const MatrixView<T>& y) const {
     check_ready(where);
-    check_activation(where, "x", x, in_features(), "in_features");
-    check_activation(where, "y", y, out_features(), "out_features");
-    check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, y);
+    check_forward_views(where, in_features(), out_features(), x, y);
   }
 
   void check_backward(const char* where, const MatrixView<const T>& x,
                       const MatrixView<const T>& dy, const MatrixView<T>& dx) const {
     check_ready(where);
-    check_activation(where, "x", x, in_features(), "in_features");
-    check_activation(where, "dy", dy, out_features(), "out_features");
-    check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
-    if (dx.data) {
-      check_activation(where, "dx", dx, in_features(), "in_features");
-      check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-      check_no_overlap(where, x, dx, "x", "dx");
-      check_no_overlap(where, dy, dx, "dy", "dx");
-    }
+    check_backward_views(where, in_features(), out_features(), x, dy, dx);
   }
 
   // A decision from another step ran at another α: differentiating it now would be wrong.

@@ -118,7 +118,7 @@ class StructuredLinearBase {
   void check_call(const char* where, const MatrixView<const T>& x, const MatrixView<T>& y,
                   Workspace ws, std::size_t need) const {
     check_ready(where);
-    check_structured_forward(where, in_, out_, x, y);
+    check_forward_views(where, in_, out_, x, y);
     check_workspace<T, B>(where, ws, need, "workspace_size(x.rows)", named("x", x), named("y", y));
   }
 
@@ -126,7 +126,7 @@ class StructuredLinearBase {
                            const MatrixView<const T>& dy, const MatrixView<T>& dx,
                            const Grads& grads, Workspace ws, std::size_t need) const {
     check_ready(where);
-    check_structured_backward(where, in_, out_, x, dy, dx);
+    check_backward_views(where, in_, out_, x, dy, dx);
     check_grads(where, const_cast<Layer&>(self()).params(), grads);
     check_workspace<T, B>(where, ws, need, "backward_workspace_size(x.rows)", named("x", x),
                           named("dy", dy), named("dx", dx));

@@ -75,6 +75,36 @@ void check_no_overlap(const char* where, const MatrixView<T>& x, const MatrixVie
     fail(where, "input ", x_name, " and output ", y_name, " overlap in memory");
 }
 
+// The views of one forward call: x [tokens x in], y [tokens x out], not overlapping. The width
+// names are the layer's own (in_features, d_model, ...), so the message names what to fix.
+template <class T>
+void check_forward_views(const char* where, index_t in, index_t out, const MatrixView<const T>& x,
+                         const MatrixView<T>& y, const char* in_name = "in_features",
+                         const char* out_name = "out_features") {
+  check_activation(where, "x", x, in, in_name);
+  check_activation(where, "y", y, out, out_name);
+  check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
+  check_no_overlap(where, x, y);
+}
+
+// The views of one backward call: x [tokens x in], dy [tokens x out], and dx [tokens x in] unless
+// dx.data is null (the caller does not want the input gradient), dx overlapping neither input.
+template <class T>
+void check_backward_views(const char* where, index_t in, index_t out, const MatrixView<const T>& x,
+                          const MatrixView<const T>& dy, const MatrixView<T>& dx,
+                          const char* in_name = "in_features",
+                          const char* out_name = "out_features") {
+  check_activation(where, "x", x, in, in_name);
+  check_activation(where, "dy", dy, out, out_name);
+  check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
+  if (dx.data) {
+    check_activation(where, "dx", dx, in, in_name);
+    check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
+    check_no_overlap(where, x, dx, "x", "dx");
+    check_no_overlap(where, dy, dx, "dy", "dx");
+  }
+}
+
 // Caller-provided scratch memory (CUTLASS's workspace): query `workspace_size()`, pass the buffer
 // to `forward`. An empty workspace makes the layer use its own internal buffer.
 struct Workspace {

@@ -89,32 +89,6 @@ inline void check_fff_args(const char* where, index_t in, index_t out, index_t t
          " bytes of weights, more than this machine's ", mem, " bytes of memory");
 }
 
-template <class T>
-void check_fff_forward(const char* where, index_t in, index_t out, const MatrixView<const T>& x,
-                       const MatrixView<T>& y) {
-  check_activation(where, "x", x, in, "in_features");
-  check_activation(where, "y", y, out, "out_features");
-  check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-  check_no_overlap(where, x, y);
-}
-
-// dx may be a view with null data: the caller does not want the input gradient.
-template <class T>
-void check_fff_backward(const char* where, index_t in, index_t out, const MatrixView<const T>& x,
-                        const std::int32_t* leaves, const MatrixView<const T>& dy,
-                        const MatrixView<T>& dx) {
-  check_activation(where, "x", x, in, "in_features");
-  check_not_null(where, "leaves", leaves);
-  check_activation(where, "dy", dy, out, "out_features");
-  check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
-  if (dx.data) {
-    check_activation(where, "dx", dx, in, "in_features");
-    check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, dx, "x", "dx");
-    check_no_overlap(where, dy, dx, "dy", "dx");
-  }
-}
-
 // Every recorded leaf must be a leaf of a depth-D tree: 2^D − 1 <= leaf < 2^(D+1) − 1 (host
 // memory; device layers copy the leaves back first).
 inline void check_fff_leaves(const char* where, const std::int32_t* leaves, index_t tokens,

@@ -10,31 +10,6 @@
 namespace ffnkit {
 namespace detail {
 
-template <class T>
-void check_structured_forward(const char* where, index_t in, index_t out,
-                              const MatrixView<const T>& x, const MatrixView<T>& y) {
-  check_activation(where, "x", x, in, "in_features");
-  check_activation(where, "y", y, out, "out_features");
-  check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-  check_no_overlap(where, x, y);
-}
-
-// dx may be a view with null data: the caller does not want the input gradient.
-template <class T>
-void check_structured_backward(const char* where, index_t in, index_t out,
-                               const MatrixView<const T>& x, const MatrixView<const T>& dy,
-                               const MatrixView<T>& dx) {
-  check_activation(where, "x", x, in, "in_features");
-  check_activation(where, "dy", dy, out, "out_features");
-  check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
-  if (dx.data) {
-    check_activation(where, "dx", dx, in, "in_features");
-    check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, dx, "x", "dx");
-    check_no_overlap(where, dy, dx, "dy", "dx");
-  }
-}
-
 inline void check_lowrank_args(const char* where, index_t in, index_t out, index_t rank) {
   check_positive(where, "in_features", in);
   check_positive(where, "out_features", out);

@@ -123,10 +123,7 @@ class StructuredFFN {
                      Workspace ws = {}) const {
     const char* where = name("StructuredFFN::forward", "DenseFFN::forward");
     check_ready(where);
-    check_activation(where, "x", x, d_model(), "d_model");
-    check_activation(where, "y", y, d_out(), "d_out");
-    check_equal(where, "y.rows", y.rows, "x.rows", x.rows);
-    check_no_overlap(where, x, y);
+    check_forward_views(where, d_model(), d_out(), x, y, "d_model", "d_out");
     detail::check_workspace<T, Backend>(where, ws, workspace_size(x.rows), "workspace_size(x.rows)",
                                         detail::named("x", x), detail::named("y", y));
   }
@@ -154,15 +151,7 @@ class StructuredFFN {
                 const Stream& stream = Stream()) const {
     const char* where = name("StructuredFFN::backward", "DenseFFN::backward");
     check_ready(where);
-    check_activation(where, "x", x, d_model(), "d_model");
-    check_activation(where, "dy", dy, d_out(), "d_out");
-    check_equal(where, "dy.rows", dy.rows, "x.rows", x.rows);
-    if (dx.data) {
-      check_activation(where, "dx", dx, d_model(), "d_model");
-      check_equal(where, "dx.rows", dx.rows, "x.rows", x.rows);
-      check_no_overlap(where, x, dx, "x", "dx");
-      check_no_overlap(where, dy, dx, "dy", "dx");
-    }
+    check_backward_views(where, d_model(), d_out(), x, dy, dx, "d_model", "d_out");
     check_grads(where, const_cast<StructuredFFN*>(this)->params(), grads);
     const index_t t = x.rows, f = d_ff(), w = hidden_width();
     detail::check_workspace<T, Backend>(where, ws, backward_workspace_size(t),
