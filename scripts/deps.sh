@@ -2,7 +2,9 @@
 # installed. As root it installs what is missing; otherwise it prints the exact command and stops.
 # `fortunes` is data, not a build dependency: the English text example 07 (a test) trains on.
 # `clang` builds the libFuzzer target the safetensors_fuzz test runs (libFuzzer ships with it).
-FFNKIT_DEPS=(cmake make g++ libeigen3-dev libopenblas-openmp-dev libgtest-dev libbenchmark-dev
+# The presets build with Ninja (it keeps both cores busy across targets, where make waited on each
+# library before compiling what uses it); `make` stays for the package test's consumer.
+FFNKIT_DEPS=(cmake ninja-build make g++ libeigen3-dev libopenblas-openmp-dev libgtest-dev libbenchmark-dev
              libboost-context-dev nlohmann-json3-dev clang fortunes)
 
 ffnkit_ensure_deps() {
@@ -43,4 +45,15 @@ ffnkit_ensure_python_interop() {
     echo "ffnkit: could not pip-install safetensors/numpy; the interop test will be skipped" >&2
   fi
   return 0
+}
+
+# Configures CMake preset $1. A build directory configured earlier with another generator (the
+# presets used make before Ninja) is reset first, since CMake refuses to switch generators in place.
+ffnkit_configure() {
+  local cache="build/$1/CMakeCache.txt"
+  if [ -f "$cache" ] && ! grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja$' "$cache"; then
+    echo "ffnkit: build/$1 was configured with another generator; resetting its CMake cache"
+    rm -rf "$cache" "build/$1/CMakeFiles"
+  fi
+  cmake --preset "$1"
 }
